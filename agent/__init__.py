@@ -1,0 +1,3 @@
+"""edge-agent daemon: sources, pipeline, model manager, control API, CLI, systemd notify."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Runtimes, bundles, pre- and post-processing. Imports no other edge-agent package."""

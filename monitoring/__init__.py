@@ -1,0 +1,1 @@
+"""Frame stats, drift, SQLite metrics, sampling, upload."""

@@ -1,0 +1,1 @@
+"""Model store, update state machine, watchers, MQTT link, signing, download, fleet commands."""
