@@ -1,0 +1,6 @@
+"""Shared test configuration. Area fixtures live in tests/fixtures/<area>.py."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = [
+]
