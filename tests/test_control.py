@@ -1,0 +1,156 @@
+"""Control API over real HTTP on loopback and a real unix socket, driven by the real CLI client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent import cli_control
+from agent.control import ControlServer, RequestError, parse_address
+from inference.errors import ConfigError, TransientError
+
+
+class FakeController:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.pinned: int | None = None
+        self.ok = True
+
+    def healthy(self) -> bool:
+        return self.ok
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": "det",
+            "version": 2,
+            "sha256": "ab" * 32,
+            "phase": "IDLE",
+            "frames": 10,
+            "dropped": 0,
+            "fps": 29.5,
+            "uptime_s": 3.0,
+            "previous": {"version": 1},
+            "pinned": self.pinned,
+        }
+
+    def models(self) -> list[dict[str, Any]]:
+        return [{"name": "det", "version": 2, "sha256": "ab" * 32, "current": True}]
+
+    def activate(self, version: int, name: str | None = None) -> dict[str, Any]:
+        self.calls.append(("activate", version))
+        if version == 99:
+            raise RequestError("no version 99 in the store", 404)
+        return {"message": f"activating v{version}"}
+
+    def rollback(self) -> dict[str, Any]:
+        self.calls.append(("rollback", None))
+        return {"message": "rolled back"}
+
+    def pin(self, version: int | None) -> dict[str, Any]:
+        self.pinned = version if version is not None else 2
+        return {"message": f"pinned v{self.pinned}"}
+
+    def unpin(self) -> dict[str, Any]:
+        self.pinned = None
+        return {"message": "unpinned"}
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ControlServer, FakeController]]:
+    ctl = FakeController()
+    srv = ControlServer(("127.0.0.1", 0), ctl).start()
+    yield srv, ctl
+    srv.close()
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:8470") == ("127.0.0.1", 8470)
+    assert parse_address(":9000") == ("127.0.0.1", 9000)
+    assert parse_address("unix:/run/x.sock") == Path("/run/x.sock")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        parse_address("localhost")
+
+
+def test_endpoints(server: tuple[ControlServer, FakeController]) -> None:
+    srv, ctl = server
+    base = f"http://{srv.address}"
+    with httpx.Client(base_url=base) as c:
+        assert c.get("/healthz").json() == {"ok": True}
+        ctl.ok = False
+        assert c.get("/healthz").status_code == 503
+        assert c.get("/status").json()["version"] == 2
+        assert c.get("/models").json()["models"][0]["current"] is True
+        assert c.post("/models/activate", json={"version": 3}).status_code == 200
+        assert ctl.calls[-1] == ("activate", 3)
+        r = c.post("/models/activate", json={"version": 99})
+        assert r.status_code == 404 and "99" in r.json()["error"]
+        assert c.post("/models/activate", json={"version": "x"}).status_code == 400
+        assert c.post("/models/activate", json={}).status_code == 400
+        assert c.post("/models/activate", content=b"{not json").status_code == 400
+        assert c.post("/models/activate", content=b"[1]").status_code == 400
+        assert c.post("/models/activate", content=b"x" * (70 * 1024)).status_code == 413
+        assert c.get("/models/activate").status_code == 405
+        assert c.get("/nope").status_code == 404
+        assert c.post("/models/pin", json={}).json()["message"] == "pinned v2"
+        assert c.post("/models/unpin").status_code == 200
+        assert c.post("/models/rollback").json()["message"] == "rolled back"
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    models = sub.add_parser("models").add_subparsers()
+    cli_control.register(sub, models)
+    return parser.parse_args(argv)
+
+
+def test_cli_client(server: tuple[ControlServer, FakeController], capsys: pytest.CaptureFixture[str]) -> None:
+    srv, ctl = server
+    args = _cli(["status", "--control", srv.address])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "det v2" in out and "fps 29.5" in out
+    args = _cli(["status", "--json", "--control", srv.address])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "det"
+    args = _cli(["models", "activate", "4", "--control", srv.address])
+    assert args.func(args) == 0 and ctl.calls[-1] == ("activate", 4)
+    args = _cli(["models", "activate", "99", "--control", srv.address])
+    assert args.func(args) == 1
+    assert "no version 99" in capsys.readouterr().err
+    args = _cli(["models", "pin", "--control", srv.address])
+    assert args.func(args) == 0 and ctl.pinned == 2
+    args = _cli(["models", "list", "--control", srv.address])
+    assert args.func(args) == 0 and "current" in capsys.readouterr().out
+
+
+def test_cli_agent_not_running(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _cli(["status", "--control", "127.0.0.1:1"])
+    assert args.func(args) == 1
+    assert "is `edge-agent run` running" in capsys.readouterr().err
+    with pytest.raises(TransientError):
+        cli_control.ControlClient("127.0.0.1:1").request("GET", "/status")
+
+
+def test_unix_socket(tmp_path: Path) -> None:
+    ctl = FakeController()
+    sock = tmp_path / "control.sock"
+    srv = ControlServer(f"unix:{sock}", ctl).start()
+    try:
+        client = cli_control.ControlClient(f"unix:{sock}")
+        assert client.request("GET", "/status")[1]["model"] == "det"
+        client.close()
+    finally:
+        srv.close()
+
+
+def test_port_in_use(server: tuple[ControlServer, FakeController]) -> None:
+    srv, ctl = server
+    with pytest.raises(ConfigError, match="cannot listen"):
+        ControlServer(srv.address, ctl)
