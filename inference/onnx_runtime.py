@@ -1,0 +1,209 @@
+"""``OnnxRuntime``: the ``Runtime`` protocol on ONNX Runtime.
+
+CPU by default. Execution providers come from ``RuntimeOptions.providers``; one that this
+onnxruntime build does not offer is skipped with a log line, and a session that cannot be
+created with the requested providers is retried on CPU alone. onnxruntime's exceptions
+(``InvalidProtobuf``, ``NoSuchFile``, ``Fail``, ``InvalidGraph``, ...) share no base class
+besides ``Exception``; they are translated into ``BundleError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.errors import BundleError, ConfigError
+from inference.runtime import Array, RuntimeOptions, TensorInfo
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+
+# onnxruntime's type strings -> numpy dtypes
+_ONNX_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(uint16)": np.uint16,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
+    """ONNX dims are ints, symbolic names or None; names, None and non-positive ints are dynamic."""
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+
+
+def _dtype(type_str: str, path: Path, name: str) -> np.dtype[np.generic]:
+    try:
+        return np.dtype(_ONNX_TYPES[type_str])
+    except KeyError:
+        raise BundleError(
+            f"{path}: tensor {name!r} has type {type_str}, which edge-agent does not feed or decode; "
+            f"use a model with {', '.join(sorted(_ONNX_TYPES))} inputs and outputs"
+        ) from None
+
+
+def _onnx_quant(path: Path) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]]:
+    """Quantisation params of graph inputs fed straight into DequantizeLinear and of outputs made by
+    QuantizeLinear, read with the ``onnx`` package when it is installed (best effort, else empty)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return {}, {}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return {}, {}
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
+
+    def params(node: Any) -> tuple[float, int] | None:
+        if len(node.input) < 2 or node.input[1] not in consts:
+            return None
+        scale = np.asarray(consts[node.input[1]]).reshape(-1)
+        zp = np.asarray(consts[node.input[2]]).reshape(-1) if len(node.input) > 2 and node.input[2] else None
+        if scale.size != 1 or (zp is not None and zp.size != 1):
+            return None  # per-channel: not a tensor-wide (scale, zero_point)
+        return float(scale[0]), int(zp[0]) if zp is not None else 0
+
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    qin: dict[str, tuple[float, int]] = {}
+    qout: dict[str, tuple[float, int]] = {}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in inputs:
+            p = params(node)
+            if p is not None:
+                qin[node.input[0]] = p
+        elif node.op_type == "QuantizeLinear" and node.output and node.output[0] in outputs:
+            p = params(node)
+            if p is not None:
+                qout[node.output[0]] = p
+    return qin, qout
+
+
+class OnnxRuntime:
+    """One ONNX model in an ``onnxruntime.InferenceSession``."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, options: RuntimeOptions | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = options or RuntimeOptions()
+        self.version: str = f"onnxruntime {ort.__version__}"
+        self.options = options
+        so = ort.SessionOptions()
+        if options.threads is not None:
+            so.intra_op_num_threads = int(options.threads)
+        if options.inter_op_threads is not None:
+            so.inter_op_num_threads = int(options.inter_op_threads)
+        level = options.graph_optimization
+        if level not in _OPT_LEVELS:
+            raise ConfigError(f"graph_optimization {level!r} is not one of {', '.join(_OPT_LEVELS)}")
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        so.log_severity_level = 3  # errors only: warnings go through our own log lines
+        for key, value in options.extra.items():
+            if key.startswith("session."):  # onnxruntime session config entries
+                so.add_session_config_entry(key, str(value))
+
+        providers = self._providers(options.providers, ort.get_available_providers())
+        try:
+            self._session = self._open(ort, so, providers)
+        except BundleError:
+            if providers == [CPU]:
+                raise
+            log.warning("%s: could not start with providers %s; falling back to CPU", self.path, providers)
+            providers = [CPU]
+            self._session = self._open(ort, so, providers)
+        self.providers: list[str] = list(self._session.get_providers())
+
+        qin: dict[str, tuple[float, int]] = {}
+        qout: dict[str, tuple[float, int]] = {}
+        ins = self._session.get_inputs()
+        outs = self._session.get_outputs()
+        if any(i.type in ("tensor(uint8)", "tensor(int8)") for i in [*ins, *outs]):
+            qin, qout = _onnx_quant(self.path)
+        self.inputs: list[TensorInfo] = [
+            TensorInfo(i.name, _dims(i.shape), _dtype(i.type, self.path, i.name), qin.get(i.name))
+            for i in ins
+        ]
+        self.outputs: list[TensorInfo] = [
+            TensorInfo(o.name, _dims(o.shape), _dtype(o.type, self.path, o.name), qout.get(o.name))
+            for o in outs
+        ]
+        self._input_names = [t.name for t in self.inputs]
+        self._single = self._input_names[0] if len(self._input_names) == 1 else None
+
+    @staticmethod
+    def _providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
+        chosen: list[str] = []
+        for p in wanted:
+            if p in available:
+                if p not in chosen:
+                    chosen.append(p)
+            else:
+                log.warning(
+                    "execution provider %s is not available in this onnxruntime build (has %s); "
+                    "skipping it, CPU will run what it would have",
+                    p,
+                    ", ".join(available),
+                )
+        if CPU not in chosen:
+            chosen.append(CPU)
+        return chosen
+
+    def _open(self, ort: Any, so: Any, providers: list[str]) -> Any:
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises pybind11 classes with no common base
+            kind = type(exc).__name__
+            if kind == "NoSuchFile" or not self.path.is_file():
+                raise BundleError(f"model file {self.path} does not exist: check the path") from exc
+            detail = str(exc).split(" failed:", 1)[-1].strip() or str(exc)
+            raise BundleError(
+                f"{self.path}: onnxruntime cannot load this model ({kind}: {detail}); the file is "
+                "corrupt, truncated or not an ONNX model: rebuild it or fetch it again"
+            ) from exc
+
+    def run(self, feeds: Sequence[Array]) -> list[Array]:
+        """Run one inference: one array per input in ``inputs`` order; returns the outputs in order."""
+        try:
+            if self._single is not None:
+                out: list[Array] = self._session.run(None, {self._single: feeds[0]})
+            else:
+                out = self._session.run(None, dict(zip(self._input_names, feeds, strict=False)))
+        except Exception as exc:
+            raise BundleError(
+                f"{self.path}: inference failed ({type(exc).__name__}: {exc}); "
+                f"feeds {[(f.shape, str(f.dtype)) for f in feeds]}, model inputs "
+                f"{[(t.shape, str(t.dtype)) for t in self.inputs]}"
+            ) from exc
+        return out
+
+    def close(self) -> None:
+        self._session = None
