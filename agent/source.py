@@ -382,8 +382,12 @@ class Reconnecting:
                 self.failures += 1
                 self._status(f"source down: {err}")
                 log.warning("%s", err)
-                if not self._reopen():
-                    return None
+            except Exception as err:  # an unexpected failure inside a source: treat it as a death
+                self.failures += 1
+                self._status(f"source down: {err!r}")
+                log.exception("%s: reading failed unexpectedly", self.spec)
+            if not self._reopen():
+                return None
 
     def _reopen(self) -> bool:
         """Close, then reopen with back-off until it works (True) or a stop is asked (False)."""

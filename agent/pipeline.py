@@ -1,0 +1,384 @@
+"""``Pipeline``: capture thread → bounded queue → inference loop (calling thread) → sinks.
+
+- The capture thread reads the source (wrapped in ``Reconnecting``: a dead stream is
+  reopened with back-off, never a crash), stamps each image as ``Frame(index, ts, image)``
+  and queues it. Live sources use a one-slot queue where the latest frame wins and every
+  replaced frame is counted in ``dropped``; lossless sources (files, folders, synthetic)
+  block on a small queue, so no index is ever skipped.
+- The inference loop reads ``handle.current`` ONCE per frame and uses that model for the
+  whole frame, so a swap (an assignment on the handle) always falls between two frames.
+  A model whose ``infer`` raises is counted in ``errors`` and logged (rate-limited); the
+  loop goes on. Results go to every sink; a failing sink is counted in ``sink_errors``.
+- ``heartbeat`` is the monotonic time the loop last proved alive: a frame done, or an idle
+  wait for the next frame that timed out (``idle_tick``). A loop stuck inside ``infer``
+  stops the heartbeat, and the systemd watchdog (agent/notify.py) stops pinging.
+- ``request_stop()`` is safe in a signal handler: the loop finishes the current frame,
+  flushes the sinks and returns. ``call_between_frames(fn)`` runs ``fn`` on the loop's
+  thread between two frames (config reloads, sink changes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent.handle import ModelHandle
+from agent.sinks import Sink, SinkClosed
+from agent.source import Backoff, Frame, Reconnecting, Source
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+LOSSLESS_QUEUE = 4  # frames decoded ahead of inference on lossless sources
+LATENCY_WINDOW = 512  # frames kept for the latency percentiles
+FPS_WINDOW_S = 5.0  # seconds over which fps is measured
+
+
+class RateLimitedLog:
+    """Logs the first message at once, then at most one summary every ``interval`` seconds."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, clock: Clock = time.monotonic) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += f" ({self._suppressed} more like this in the last {self._interval:.0f} s)"
+            self._suppressed = 0
+        self._next = now + self._interval
+        self._log.log(level, msg, *args, exc_info=exc_info)
+
+
+_EMPTY = object()
+_END = object()
+
+
+class FrameQueue:
+    """A bounded frame queue: ``put_latest`` (live, drops the oldest) or ``put`` (blocking)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[Frame] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+
+    def put_latest(self, frame: Frame) -> int:
+        """Queue ``frame``, dropping the oldest frames to make room; returns how many were dropped."""
+        with self._cond:
+            dropped = 0
+            while len(self._items) >= self.maxsize:
+                self._items.popleft()
+                dropped += 1
+            self._items.append(frame)
+            self._cond.notify_all()
+            return dropped
+
+    def put(self, frame: Frame) -> bool:
+        """Queue ``frame``, waiting for room; ``False`` if the queue was closed meanwhile."""
+        with self._cond:
+            while len(self._items) >= self.maxsize and not self._closed:
+                self._cond.wait(0.5)
+            if self._closed:
+                return False
+            self._items.append(frame)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> object:
+        """A ``Frame``, or ``_END`` once closed and empty, or ``_EMPTY`` after ``timeout`` seconds."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            if self._items:
+                frame = self._items.popleft()
+                self._cond.notify_all()
+                return frame
+            return _END if self._closed else _EMPTY
+
+    def close(self) -> None:
+        """No more frames: ``get`` drains what is queued, then returns ``_END``; producers stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def clear(self) -> int:
+        with self._cond:
+            n = len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return n
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """A snapshot of the counters (``Pipeline.stats()``)."""
+
+    model: str
+    version: int
+    frames: int  # frames with a result
+    errors: int  # frames whose inference raised
+    dropped: int  # frames replaced in the live queue before inference
+    captured: int  # images read from the source
+    sink_errors: int
+    reconnects: int  # times the source was reopened after dying
+    fps: float  # results per second over the last few seconds
+    latency_p50_ms: float
+    latency_p95_ms: float
+    detections: int  # detections (or classes) in the latest result
+    uptime_s: float
+    source_ok: bool
+    source_status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pipeline:
+    """See the module docstring. ``source`` must already be open (``open`` errors are the caller's)."""
+
+    def __init__(
+        self,
+        source: Source,
+        handle: ModelHandle,
+        sinks: Sequence[Sink] = (),
+        *,
+        max_frames: int | None = None,
+        idle_tick: float = 0.5,
+        backoff: Backoff | None = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self.handle = handle
+        self.sinks: list[Sink] = list(sinks)
+        self.max_frames = max_frames
+        self.idle_tick = idle_tick
+        self.live = source.live
+        self._clock = clock
+        self._wall = wall
+        self._stop = threading.Event()
+        self._stopping = False
+        self.source_status = "ok"
+        self.source = Reconnecting(
+            source,
+            backoff=backoff,
+            sleep=sleep or self._stop.wait,
+            clock=clock,
+            stopped=self._stop.is_set,
+            on_status=self._on_source_status,
+        )
+        self.queue = FrameQueue(1 if source.live else LOSSLESS_QUEUE)
+        self._calls: deque[Callable[[], object]] = deque()
+        self._thread: threading.Thread | None = None
+        self.capture_error: BaseException | None = None
+        # counters: written by one thread each, read by anyone
+        self.frames = 0
+        self.errors = 0
+        self.dropped = 0
+        self.captured = 0
+        self.sink_errors = 0
+        self.last_detections = 0
+        self.started = clock()
+        self.heartbeat = clock()
+        self._latency = [0.0] * LATENCY_WINDOW
+        self._done: deque[float] = deque(maxlen=2048)
+        self._error_log = RateLimitedLog(log, clock=clock)
+        self._sink_log = RateLimitedLog(log, clock=clock)
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self) -> None:
+        """Finish the current frame and return from ``run``. Safe inside a signal handler."""
+        self._stopping = True
+
+    def stop(self) -> None:
+        """Like ``request_stop``, and also interrupts a source back-off wait (not for signal handlers)."""
+        self._stopping = True
+        self._stop.set()
+        self.queue.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def call_between_frames(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the inference thread before the next frame (thread- and signal-safe)."""
+        self._calls.append(fn)
+
+    def _on_source_status(self, text: str) -> None:
+        self.source_status = text if text != "source reopened" else "ok"
+
+    # ------------------------------------------------------------------ capture thread
+
+    def _capture(self) -> None:
+        index = 0
+        queue, source, wall, live = self.queue, self.source, self._wall, self.live
+        try:
+            while not self._stop.is_set():
+                image = source.read()
+                if image is None:
+                    break
+                frame = Frame(index, wall(), image)
+                index += 1
+                self.captured = index
+                if live:
+                    self.dropped += queue.put_latest(frame)
+                elif not queue.put(frame):
+                    break
+        except BaseException as err:  # a bug in a source: end the run, the caller reports it
+            self.capture_error = err
+            log.exception("capture from %s failed", self.source.spec)
+        finally:
+            queue.close()
+
+    # ------------------------------------------------------------------ inference loop
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn = self._calls.popleft()
+            try:
+                fn()
+            except Exception:
+                log.exception("between-frames call %r failed", fn)
+
+    def run(self) -> PipelineStats:
+        """Serve frames until the source ends, ``max_frames`` is reached or a stop is requested."""
+        self.started = self.heartbeat = self._clock()
+        self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
+        self._thread.start()
+        handle, sinks, queue, clock = self.handle, self.sinks, self.queue, self._clock
+        latency, done = self._latency, self._done
+        processed = 0
+        try:
+            while not self._stopping:
+                if self._calls:
+                    self._run_calls()
+                    sinks = self.sinks
+                item = queue.get(self.idle_tick)
+                if item is _EMPTY:
+                    self.heartbeat = clock()
+                    continue
+                if item is _END:
+                    break
+                assert isinstance(item, Frame)
+                model = handle.current  # read once: this model serves this whole frame
+                t0 = clock()
+                try:
+                    result = model.infer(item.image)
+                except Exception as err:
+                    self.errors += 1
+                    self._error_log(
+                        logging.ERROR,
+                        "%s v%s failed on frame %d: %r",
+                        model.name,
+                        model.version,
+                        item.index,
+                        err,
+                    )
+                    self.heartbeat = clock()
+                    processed += 1
+                    if self.max_frames is not None and processed >= self.max_frames:
+                        break
+                    continue
+                now = clock()
+                ms = result.latency_ms or (now - t0) * 1000.0
+                for sink in sinks:
+                    try:
+                        sink.write(item, result, model)
+                    except SinkClosed as err:
+                        log.info("%s; stopping", err)
+                        self._stopping = True
+                    except Exception as err:
+                        self.sink_errors += 1
+                        self._sink_log(logging.WARNING, "sink %s failed: %s", type(sink).__name__, err)
+                latency[self.frames % LATENCY_WINDOW] = ms
+                self.frames += 1
+                self.last_detections = (
+                    len(result.detections) if result.kind == "detections" else len(result.classes)
+                )
+                done.append(now)
+                self.heartbeat = now
+                processed += 1
+                if self.max_frames is not None and processed >= self.max_frames:
+                    break
+        finally:
+            self._finish()
+        return self.stats()
+
+    def _finish(self) -> None:
+        self._stopping = True
+        self._stop.set()
+        self.queue.close()
+        self.queue.clear()
+        if self._calls:
+            self._run_calls()
+        for sink in self.sinks:
+            try:
+                sink.flush()
+            except Exception as err:
+                self.sink_errors += 1
+                log.warning("flushing sink %s failed: %s", type(sink).__name__, err)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5.0)
+            if thread.is_alive():
+                log.warning("capture from %s did not stop within 5 s; leaving it open", self.source.spec)
+                return
+        try:
+            self.source.close()
+        except Exception as err:
+            log.warning("closing %s failed: %s", self.source.spec, err)
+
+    # ------------------------------------------------------------------ counters
+
+    def fps(self, now: float | None = None) -> float:
+        """Results per second over the last ``FPS_WINDOW_S`` seconds (0 when idle)."""
+        now = self._clock() if now is None else now
+        done = list(self._done)
+        recent = [t for t in done if now - t <= FPS_WINDOW_S]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], recent[-1] - recent[0])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def latency_percentiles(self) -> tuple[float, float]:
+        n = min(self.frames, LATENCY_WINDOW)
+        if n == 0:
+            return 0.0, 0.0
+        values = sorted(self._latency[:n])
+        return values[int(0.5 * (n - 1))], values[round(0.95 * (n - 1))]
+
+    def stats(self) -> PipelineStats:
+        model = self.handle.current
+        p50, p95 = self.latency_percentiles()
+        now = self._clock()
+        return PipelineStats(
+            model=model.name,
+            version=model.version,
+            frames=self.frames,
+            errors=self.errors,
+            dropped=self.dropped,
+            captured=self.captured,
+            sink_errors=self.sink_errors,
+            reconnects=self.source.reconnects,
+            fps=round(self.fps(now), 2),
+            latency_p50_ms=round(p50, 3),
+            latency_p95_ms=round(p95, 3),
+            detections=self.last_detections,
+            uptime_s=round(now - self.started, 3),
+            source_ok=self.source.down_since is None,
+            source_status=self.source_status,
+        )
