@@ -1,0 +1,134 @@
+"""``LoadedModel``: Runtime + Preprocessor + Decoder for one bundle: ``infer(frame) -> Result``.
+
+``load_model`` opens a bundle folder or a bare model file, loads the runtime, resolves the
+input spec against the model's real input (a manifest shape that contradicts the model is a
+``BundleError``), builds the decoder and checks it against the model's outputs, so a model
+that cannot serve fails here, at load, never on the first frame.
+
+``infer`` = preprocess -> run -> dequantise integer outputs to float32 with the runtime's
+quantisation parameters -> decode; ``Result.latency_ms`` covers the three steps. A
+``LoadedModel`` may be called from several threads; calls run one at a time (the
+preprocessing buffers and a LiteRT interpreter serve one call at a time).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.bundle import Bundle, open_bundle
+from inference.decoders import Decoder, make_decoder
+from inference.errors import BundleError
+from inference.preprocess import InputSpec, Preprocessor, resolve_input_spec
+from inference.result import Result
+from inference.runtime import Runtime, RuntimeOptions, TensorInfo, load_runtime
+
+Array = npt.NDArray[Any]
+
+
+def _dequantiser(info: TensorInfo) -> tuple[float, float] | bool | None:
+    """``(scale, zero_point)`` for a quantised output, ``True`` for a plain cast, ``None`` for float32."""
+    if info.dtype == np.float32:
+        return None
+    if info.quant is not None and info.dtype.kind in "iu":
+        return float(info.quant[0]), float(info.quant[1])
+    return True
+
+
+def dequantise(outputs: list[Array], plan: list[tuple[float, float] | bool | None]) -> list[Array]:
+    """Outputs as float32: ``(q - zero_point) * scale`` for quantised ones, a cast for other dtypes."""
+    res: list[Array] = []
+    for out, how in zip(outputs, plan, strict=False):
+        if how is None and out.dtype == np.float32:
+            res.append(out)
+        elif isinstance(how, tuple):
+            scale, zp = how
+            f = out.astype(np.float32)
+            if zp:
+                f -= np.float32(zp)
+            f *= np.float32(scale)
+            res.append(f)
+        else:
+            res.append(out.astype(np.float32))
+    return res
+
+
+class LoadedModel:
+    """One bundle, ready to serve frames."""
+
+    def __init__(
+        self, bundle: Bundle, runtime: Runtime, spec: InputSpec, preprocessor: Preprocessor, decoder: Decoder
+    ) -> None:
+        self.bundle = bundle
+        self.name: str = bundle.manifest.name
+        self.version: int = bundle.manifest.version
+        self.sha256: str = bundle.manifest.sha256
+        self.runtime = runtime
+        self.spec = spec
+        self.preprocessor = preprocessor
+        self.decoder = decoder
+        self._plan = [_dequantiser(o) for o in runtime.outputs]
+        self._buf = preprocessor.new_output()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def infer(self, image: npt.NDArray[np.uint8]) -> Result:
+        """Run one BGR uint8 HxWx3 frame through the model; ``latency_ms`` is set on the result."""
+        with self._lock:
+            t0 = time.perf_counter()
+            x, t = self.preprocessor(image, out=self._buf)
+            outputs = self.runtime.run([x])
+            result = self.decoder(dequantise(outputs, self._plan), t)
+            result.latency_ms = (time.perf_counter() - t0) * 1000.0
+        return result
+
+    def run_outputs(self, image: npt.NDArray[np.uint8]) -> list[Array]:
+        """The raw (not dequantised) model outputs for one frame, without decoding."""
+        with self._lock:
+            x, _ = self.preprocessor(image, out=self._buf)
+            return self.runtime.run([x])
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.runtime.close()
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.name} v{self.version}, {self.runtime.kind}, {self.bundle.model_path})"
+
+
+def load_model(
+    path: Path | Bundle, options: RuntimeOptions | None = None, runtime: str | None = None
+) -> LoadedModel:
+    """Load a bundle folder, a bare ``.onnx`` / ``.tflite`` file or an opened ``Bundle``.
+
+    ``runtime`` forces "onnx" or "tflite" (default: by the manifest's format / file suffix).
+    Raises ``BundleError`` (or ``VerificationError``) naming the file and what to do.
+    """
+    bundle = path if isinstance(path, Bundle) else open_bundle(Path(path), verify=True)
+    where = str(bundle.manifest_path or bundle.model_path)
+    rt = load_runtime(bundle.model_path, options, runtime or bundle.manifest.format)
+    try:
+        if len(rt.inputs) != 1:
+            raise BundleError(
+                f"{bundle.model_path}: the model has {len(rt.inputs)} inputs "
+                f"({', '.join(i.name for i in rt.inputs)}); edge-agent feeds one image input: "
+                "export the model with a single image input"
+            )
+        spec = resolve_input_spec(bundle.manifest.input or None, rt.inputs[0], where)
+        pre = Preprocessor(spec, rt.inputs[0])
+        decoder = make_decoder(bundle.manifest.decoder, bundle.manifest.decoder_params, bundle.labels())
+        try:
+            decoder.check(list(rt.outputs))
+        except BundleError as exc:
+            raise BundleError(f"{where}: {exc}") from exc
+        return LoadedModel(bundle, rt, spec, pre, decoder)
+    except BaseException:
+        rt.close()
+        raise
