@@ -2,7 +2,8 @@
 
 After PaddleOCR / RapidOCR's ``DBPostProcess``: binarise the map (1, 1, H, W) at
 ``thresh``, optionally dilate with a 2×2 kernel, take the contours of the binary map, fit
-each with a minimum-area rectangle, score it by the mean probability inside (fast mode),
+each with a minimum-area rectangle, score it by the mean probability inside the rectangle
+(``score_mode`` "fast") or inside the contour itself ("slow": better on curved lines),
 drop it below ``box_thresh``, then "unclip": grow it by ``area × unclip_ratio / perimeter``.
 The reference grows the polygon with pyclipper (round joins) and fits a minimum-area
 rectangle again; for a rectangle that is the same rectangle grown by the distance on every
@@ -11,7 +12,8 @@ source pixels, with the label ``text``; ``confidence`` is the best box score.
 
 Parameters: ``thresh`` 0.3; ``box_thresh`` 0.5; ``unclip_ratio`` 1.6; ``use_dilation``
 true; ``min_size`` 3 (shorter side of the rectangle in map pixels, before unclip; after
-unclip it must be at least ``min_size`` + 2); ``max_candidates`` 1000 (contours looked at).
+unclip it must be at least ``min_size`` + 2); ``max_candidates`` 1000 (contours looked at);
+``score_mode`` fast|slow.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from inference.runtime import TensorInfo
 F32 = npt.NDArray[np.float32]
 
 
-def box_score_fast(prob: F32, pts: npt.NDArray[np.floating]) -> float:
-    """Mean of ``prob`` inside the polygon ``pts`` (4, 2), over its bounding box only."""
+def polygon_score(prob: F32, pts: npt.NDArray[np.floating]) -> float:
+    """Mean of ``prob`` inside the polygon ``pts`` (K, 2), computed over its bounding box only."""
     h, w = prob.shape
     xmin = int(np.clip(np.floor(pts[:, 0].min()), 0, w - 1))
     xmax = int(np.clip(np.ceil(pts[:, 0].max()), 0, w - 1))
@@ -55,6 +57,7 @@ class DbTextDecoder:
         self.use_dilation = p.boolean("use_dilation", True)
         self.min_size = p.number("min_size", 3.0, lo=0.0)
         self.max_candidates = p.integer("max_candidates", 1000, lo=1)
+        self.slow = p.choice("score_mode", "fast", ("fast", "slow")) == "slow"
         p.finish()
         self.label = labels[0] if labels else "text"
         self.kernel = np.ones((2, 2), dtype=np.uint8)
@@ -85,9 +88,11 @@ class DbTextDecoder:
             (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
             if min(rw, rh) < self.min_size:
                 continue
-            score = box_score_fast(
-                prob, np.asarray(cv2.boxPoints(((cx, cy), (rw, rh), angle)), dtype=np.float32)
-            )
+            if self.slow:
+                score = polygon_score(prob, contour.reshape(-1, 2).astype(np.float32))
+            else:
+                rect = cv2.boxPoints(((cx, cy), (rw, rh), angle))
+                score = polygon_score(prob, np.asarray(rect, dtype=np.float32))
             if score < self.box_thresh:
                 continue
             d = rw * rh * self.unclip_ratio / (2.0 * (rw + rh))

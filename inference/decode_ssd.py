@@ -20,8 +20,10 @@ model's, from the frame's transform); ``strides`` (by input size: 128 -> [8, 16,
 ``reduce_boxes_in_lowest_layer`` false; ``x_scale``/``y_scale``/``w_scale``/``h_scale``
 (default the input size); ``reverse_output_order`` true (x before y);
 ``apply_exponential_on_box_size`` false; ``sigmoid`` true; ``score_clipping_thresh`` 100;
-``min_score`` 0.5 (kept when >=); ``iou_threshold`` 0.3; ``nms`` weighted|plain;
-``max_detections`` 100. Labels default to ["face"].
+``score_threshold`` 0.5 (MediaPipe's min_score_thresh; kept when >=); ``num_anchors``
+(optional: the anchor count the layout must give for ``input_size`` or 128, checked at
+construction); ``iou_threshold`` 0.3; ``nms`` weighted|plain; ``max_detections`` 100.
+Labels default to ["face"].
 """
 
 from __future__ import annotations
@@ -151,14 +153,22 @@ class SsdAnchorsDecoder:
         self.exp_size = p.boolean("apply_exponential_on_box_size", False)
         self.sigmoid = p.boolean("sigmoid", True)
         self.clip = p.number("score_clipping_thresh", 100.0, lo=0.0)
-        self.min_score = p.number("min_score", 0.5, lo=0.0, hi=1.0)
+        self.score_threshold = p.number("score_threshold", 0.5, lo=0.0, hi=1.0)
+        self.num_anchors = p.optional_integer("num_anchors", lo=1)
         self.iou_threshold = p.number("iou_threshold", 0.3, lo=0.0, hi=1.0)
         self.weighted = p.choice("nms", "weighted", ("weighted", "plain")) == "weighted"
         self.max_detections = p.integer("max_detections", 100, lo=1)
         p.finish()
         self.labels = list(labels) or ["face"]
         self._anchors: dict[tuple[int, int], F32] = {}
-        self.anchors(*(self.input_size or (DEFAULT_SIZE, DEFAULT_SIZE)))  # pre-computed once
+        size = self.input_size or (DEFAULT_SIZE, DEFAULT_SIZE)
+        count = len(self.anchors(*size))  # pre-computed once
+        if self.num_anchors is not None and count != self.num_anchors:
+            raise BundleError(
+                f"decoder 'ssd_anchors': parameter num_anchors is {self.num_anchors} but the anchor layout "
+                f"gives {count} anchors for input {size[0]}x{size[1]}; fix 'num_anchors', 'input_size' or "
+                "'strides'"
+            )
 
     def anchors(self, input_w: int, input_h: int) -> F32:
         """The anchors for a model input of ``input_w``×``input_h`` (cached)."""
@@ -221,7 +231,7 @@ class SsdAnchorsDecoder:
             logits = 1.0 / (1.0 + np.exp(-logits))
         cls = np.argmax(logits, axis=1) if logits.shape[1] > 1 else np.zeros(len(logits), dtype=np.intp)
         score = logits[np.arange(len(logits)), cls]
-        idx = np.flatnonzero(score >= self.min_score)
+        idx = np.flatnonzero(score >= self.score_threshold)
         if not len(idx):
             return Result(kind="detections", confidence=0.0)
         reg = raw[idx, :4].astype(np.float64)
