@@ -13,7 +13,7 @@ axis is the shorter one, and an attribute axis in the middle means v8, at the en
 Set ``version`` when a model is ambiguous (a transposed v8 export without labels).
 
 Parameters: ``version`` auto|v5|v8; ``score_threshold`` 0.25 (kept when >=);
-``iou_threshold`` 0.45; ``max_detections`` 100; ``max_candidates`` 30000 (best boxes kept
+``iou_threshold`` 0.45; ``max_detections`` 100; ``max_candidates`` 3000 (best boxes kept
 before NMS); ``normalized`` false (true: coordinates are 0..1 of the model input, not
 pixels); ``class_agnostic`` false (true: one NMS across classes).
 """
@@ -42,7 +42,7 @@ class YoloDecoder:
         self.score_threshold = p.number("score_threshold", 0.25, lo=0.0, hi=1.0)
         self.iou_threshold = p.number("iou_threshold", 0.45, lo=0.0, hi=1.0)
         self.max_detections = p.integer("max_detections", 100, lo=1)
-        self.max_candidates = p.integer("max_candidates", 30000, lo=1)
+        self.max_candidates = p.integer("max_candidates", 3000, lo=1)
         self.normalized = p.boolean("normalized", False)
         self.class_agnostic = p.boolean("class_agnostic", False)
         p.finish()

@@ -49,6 +49,8 @@ def nms(
     if classes is not None:
         span = float(np.abs(work).max()) + 1.0
         work = work + (classes.astype(np.float64) * 2.0 * span)[:, None]
+    x1, y1, x2, y2 = (np.ascontiguousarray(work[:, k]) for k in range(4))
+    areas = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
     order: Ints = np.argsort(-scores.astype(np.float64), kind="stable")
     keep: list[int] = []
     while order.size and len(keep) < max_out:
@@ -57,7 +59,12 @@ def nms(
         rest = order[1:]
         if not rest.size:
             break
-        order = rest[iou_one_to_many(work[i], work[rest]) <= iou_threshold]
+        iw = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
+        ih = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
+        inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+        union = areas[i] + areas[rest] - inter
+        # IoU <= t  <=>  inter <= t * union (union > 0); an empty union means IoU 0: kept
+        order = rest[(inter <= iou_threshold * union) | (union <= 0.0)]
     return np.asarray(keep, dtype=np.intp)
 
 

@@ -246,6 +246,34 @@ def test_nms_class_aware_and_max_out() -> None:
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5, 10).tolist() == []
 
 
+def naive_nms(
+    boxes: npt.NDArray[np.float64], scores: npt.NDArray[np.float64], thr: float, cls: Any
+) -> list[int]:
+    def iou(a: Any, b: Any) -> float:
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+        return iw * ih / union if union > 0 else 0.0
+
+    keep: list[int] = []
+    for i in sorted(range(len(boxes)), key=lambda k: -scores[k]):
+        if all(cls[i] != cls[k] or iou(boxes[i], boxes[k]) <= thr for k in keep):
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nms_matches_naive(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 100, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 40, (300, 2))], axis=1)
+    scores = rng.permutation(300) / 300.0  # distinct scores: one right order
+    cls = rng.integers(0, 3, 300)
+    for thr in (0.2, 0.5):
+        assert nms(boxes, scores, thr, 1000).tolist() == naive_nms(boxes, scores, thr, np.zeros(300))
+        assert nms(boxes, scores, thr, 1000, cls).tolist() == naive_nms(boxes, scores, thr, cls)
+
+
 def test_weighted_nms_merges_by_score() -> None:
     boxes = np.array([[0, 0, 10, 10], [2, 2, 12, 12], [40, 40, 50, 50], [0, 0, 0, 0]], dtype=np.float64)
     scores = np.array([0.75, 0.25, 0.6, 0.55])
@@ -359,6 +387,7 @@ def test_yolo_class_agnostic_threshold_and_max() -> None:
     assert_known(make_decoder("yolo", {"max_detections": 1}, LABELS)([out], T_LB), [0])
     assert_known(make_decoder("yolo", {"score_threshold": 0.08}, LABELS)([out], T_LB), [0, 2, 3, 4])
     assert_known(make_decoder("yolo", {"iou_threshold": 0.95}, LABELS)([out], T_LB), [0, 1, 2, 3])
+    assert_known(make_decoder("yolo", {"max_candidates": 1}, LABELS)([out], T_LB), [0])
 
 
 def test_yolo_no_detection_confidence_zero() -> None:
