@@ -175,12 +175,12 @@ class DemoSource:
         W, H = self.width, self.height
         canvas: Image = background.copy()
         t = index / 30.0
-        height = H * (0.55 + 0.25 * np.sin(t * 0.7 + scene))  # face sprite 30-80 % of the frame
+        height = H * (0.8 + 0.2 * np.sin(t * 0.7 + scene))  # head and shoulders: 60-100 % of the height
         cx = W / 2 + (W / 2 - height * 0.45) * 0.8 * np.sin(t * 0.9 + scene * 1.3)
         cy = H / 2 + (H / 2 - height * 0.5) * 0.6 * np.sin(t * 1.3 + scene)
         light = 0.55 + 0.5 * (0.5 + 0.5 * np.sin(t * 0.5 + scene * 2.1))  # dim to bright
         if scene % 3 == 2:  # two people
-            small = height * 0.6
+            small = H * 0.62
             self._paste(canvas, W * 0.28, H * 0.5 + 0.1 * H * np.sin(t), small, light, False)
             self._paste(canvas, W * 0.72, H * 0.5 - 0.1 * H * np.sin(t), small, light * 0.9, True)
         else:

@@ -1,0 +1,172 @@
+"""``edge-agent``: the command line.
+
+    edge-agent run [--config PATH] [--model M] [--source SPEC] [--state-dir DIR] [--max-frames N]
+                   [--results -|PATH] [--threads N] [--runtime auto|onnx|tflite] [--loop] [--log-level L]
+    edge-agent config check PATH
+
+Other modules add their subcommands with ``register(subparsers)``: agent/cli_models.py
+(``bundle``, ``models``), and, when present, agent/cli_control.py and agent/cli_bench.py.
+A subcommand sets ``func(args) -> int`` with ``set_defaults``. A ``register`` taking two
+arguments also gets the ``models`` group's subparsers (see ``subcommand_group``, which
+modules sharing a group should use instead of ``add_parser`` for the group itself).
+
+Exit codes: 0 normal end (also after SIGTERM/SIGINT), 1 nothing can be served at start
+(model will not load, source will not open), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import LOG_LEVELS, RUNTIMES, Config, apply_overrides, load_config
+from inference.errors import ConfigError, EdgeAgentError
+
+# Modules whose register(subparsers) adds subcommands; a module that does not exist yet is skipped.
+EXTENSIONS = ("agent.cli_models", "agent.cli_control", "agent.cli_bench")
+
+# `run` flags that map onto Config keys (dest == key). Issue 3 adds --models-dir and --control here.
+RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "--model",
+        {
+            "metavar": "M",
+            "help": "bundle folder, bare .onnx/.tflite file, or zoo name (blazeface, ppocr-det, …)",
+        },
+    ),
+    (
+        "--source",
+        {
+            "metavar": "SPEC",
+            "help": "/dev/video0, 0, rtsp://…, video file, image folder, synthetic:WxH@FPS, demo",
+        },
+    ),
+    (
+        "--state-dir",
+        {"metavar": "DIR", "help": "state folder (default: $STATE_DIRECTORY or ~/.local/state/edge-agent)"},
+    ),
+    ("--max-frames", {"metavar": "N", "type": int, "help": "stop after N frames"}),
+    ("--results", {"metavar": "-|PATH", "help": "write one JSON object per frame to stdout (-) or a file"}),
+    ("--threads", {"metavar": "N", "type": int, "help": "runtime threads (default: the engine decides)"}),
+    ("--runtime", {"choices": RUNTIMES, "help": "runtime (default: auto, by file type)"}),
+    ("--loop", {"action": "store_const", "const": True, "help": "replay a file or folder source at its end"}),
+    ("--log-level", {"choices": LOG_LEVELS, "type": str.lower, "help": "log level (default: info)"}),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import daemon
+
+    overrides = {_dest(flag): getattr(args, _dest(flag)) for flag, _ in RUN_FLAGS}
+    try:
+        base = load_config(Path(args.config)) if args.config else Config()
+        config = apply_overrides(base, overrides)
+    except ConfigError as err:
+        print(f"edge-agent: error: {err}", file=sys.stderr)
+        return 2
+    return daemon.run(config, config_path=Path(args.config) if args.config else None, overrides=overrides)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(Path(args.path))
+    except ConfigError as err:
+        print(f"edge-agent: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.path}: ok")
+    print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser(extensions: Sequence[str] = EXTENSIONS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="On-device ML agent: camera inference, hot model updates with rollback, monitoring.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent (without --model and --source: the demo)",
+        description="Run the inference loop. Without --model and --source it runs the demo: "
+        "the default model on generated scenes.",
+    )
+    run.add_argument("--config", metavar="PATH", help="TOML config file; flags override its keys")
+    for flag, kwargs in RUN_FLAGS:
+        run.add_argument(flag, dest=_dest(flag), default=None, **kwargs)
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="config file tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and print the effective settings")
+    check.add_argument("path", metavar="PATH")
+    check.set_defaults(func=cmd_config_check)
+
+    for name in extensions:
+        register = _load_register(name)
+        if register is None:
+            continue
+        if len(inspect.signature(register).parameters) >= 2:  # register(sub, models_sub)
+            register(sub, subcommand_group(sub, "models", "model store and zoo models"))
+        else:
+            register(sub)
+    return parser
+
+
+def subcommand_group(sub: Any, name: str, help: str | None = None) -> Any:
+    """The subparsers of the top-level command ``name``, created on first use, so that several
+    modules can add subcommands under one group (``models fetch`` and ``models list``)."""
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
+def _load_register(name: str) -> Callable[..., None] | None:
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:  # the module does not exist (yet); anything else is a real error
+            return None
+        raise
+    register: Callable[..., None] = module.register
+    return register
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        code: int = func(args)
+    except ConfigError as err:
+        print(f"edge-agent: error: {err}", file=sys.stderr)
+        return 2
+    except EdgeAgentError as err:
+        print(f"edge-agent: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

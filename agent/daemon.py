@@ -1,0 +1,399 @@
+"""``edge-agent run``: the wiring of one agent process.
+
+Start-up order (each step must succeed before the next; a failure here means the agent can
+serve nothing, and ``start`` raises ``EdgeAgentError`` for an exit code of 1):
+
+1. logging, state folder, sd_notify (``STATUS=`` lines; watchdog pings start at once, since
+   ``TimeoutStartSec=`` guards the start-up);
+2. the first model (zoo name, bundle folder or bare model file);
+3. the source (opened here, so a camera that is missing is reported before anything runs);
+4. sinks: the results JSON lines (``--results``) and ``<state>/metrics.db``;
+5. the pipeline; ``READY=1``; the watchdog switches to the inference loop's heartbeat.
+
+Then ``serve`` runs the inference loop on the main thread until the source ends,
+``max_frames`` is reached, or SIGTERM/SIGINT (finish the frame, flush, exit 0). SIGHUP
+re-reads the config file and applies what can change live (log level, results, max
+frames); it logs what needs a restart. ``services`` holds extra components started after
+the pipeline and stopped before it ends (the model manager, watchers, control API).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+from agent.config import LIVE_KEYS, Config, apply_overrides, changed_keys, load_config
+from agent.handle import ModelHandle
+from agent.notify import Notifier, Watchdog, watchdog_timeout
+from agent.paths import default_state_dir
+from agent.pipeline import Pipeline, PipelineStats
+from agent.progress import Every, LiveLine, Progress, ProgressLogHandler, format_line
+from agent.sinks import JsonlSink, Sink, SqliteSink
+from agent.source import Source, open_source
+from inference.errors import BundleError, ConfigError, EdgeAgentError
+from inference.runtime import RuntimeOptions
+from monitoring.metrics_store import MetricsStore
+
+log = logging.getLogger("agent")
+
+STATUS_EVERY_S = 10.0
+
+
+class Service(Protocol):
+    """A component that runs beside the pipeline (started after it is built, stopped first)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def setup_logging(level: str, stream: TextIO, line: LiveLine | None = None) -> logging.Handler:
+    """Root logging to ``stream``; without timestamps under journald (it adds its own)."""
+    handler: logging.Handler = ProgressLogHandler(line) if line is not None else logging.StreamHandler(stream)
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else None
+    handler.setFormatter(
+        logging.Formatter(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_edge_agent", False):
+            root.removeHandler(old)
+    handler._edge_agent = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler
+
+
+def resolve_model(spec: str) -> Path:
+    """A model spec (bundle folder, model file, or zoo name) as a path to load."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    from inference import zoo
+
+    if spec in zoo.NAMES:
+        return zoo.bundle_dir(spec)  # fetched and built on first use
+    raise BundleError(
+        f"model {spec!r}: no such file or folder, and not a zoo model ({', '.join(zoo.NAMES)}); "
+        "give a bundle folder, a .onnx/.tflite file or a zoo name"
+    )
+
+
+def demo_defaults(config: Config) -> tuple[Config, bool]:
+    """Fill in the demo: the default zoo model and the demo source that suits it.
+
+    Returns the config and whether this is the demo (no model and no source given)."""
+    from agent.demo_source import demo_for_model
+    from inference import zoo
+
+    demo = config.model is None and config.source is None
+    if config.model is None:
+        config = config.replace(model=zoo.DEFAULT_MODEL)
+    if config.source is None:
+        assert config.model is not None
+        if config.model not in zoo.NAMES:
+            raise ConfigError(
+                f"no source given for model {config.model}: use --source (or source = ... in the config), "
+                "e.g. /dev/video0, a video file, an image folder or synthetic:640x480@30"
+            )
+        config = config.replace(source=demo_for_model(config.model))
+    return config, demo
+
+
+class Daemon:
+    """One agent process (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        demo: bool = False,
+        env: Mapping[str, str] | None = None,
+        stderr: TextIO | None = None,
+        progress: bool | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.demo = demo
+        self.env = os.environ if env is None else env
+        self.stderr = stderr or sys.stderr
+        tty = self.stderr.isatty() if progress is None else progress
+        self.line = LiveLine(self.stderr) if tty else None
+        self.notifier = notifier or Notifier.from_env()
+        self.state_dir = config.state_dir or default_state_dir(self.env)
+        self.handle: ModelHandle | None = None
+        self.source: Source | None = None
+        self.pipeline: Pipeline | None = None
+        self.store: MetricsStore | None = None
+        self.results_sink: JsonlSink | None = None
+        self.sinks: list[Sink] = []
+        self.services: list[Service] = []
+        self.watchdog: Watchdog | None = None
+        self.progress: Progress | None = None
+        self._signals = 0
+        self._log_handler: logging.Handler | None = None
+
+    # ------------------------------------------------------------------ start-up
+
+    def status(self, text: str) -> None:
+        self.notifier.status(text)
+
+    def start(self) -> None:
+        """Steps 1-5 of the module docstring. Raises ``EdgeAgentError`` when nothing can be served."""
+        cfg = self.config
+        self._log_handler = setup_logging(cfg.log_level, self.stderr, self.line)
+        timeout = watchdog_timeout(self.env)
+        if self.notifier.enabled and timeout:
+            self.watchdog = Watchdog(self.notifier, timeout, time.monotonic).start()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the state folder {self.state_dir}: {err.strerror}; "
+                "use --state-dir or fix its permissions"
+            ) from None
+        assert cfg.model is not None and cfg.source is not None
+        self.status(f"loading model {cfg.model}")
+        model = self._load_model(cfg.model)
+        self.handle = ModelHandle(model)
+        log.info("model %s v%s loaded (sha256 %s)", model.name, model.version, model.sha256[:12])
+        self.status(f"opening source {cfg.source}")
+        self.source = open_source(cfg.source, loop=cfg.loop)
+        self.source.open()
+        log.info("source %s open (%s)", cfg.source, "live" if self.source.live else "lossless")
+        self.sinks = self._make_sinks()
+        self.pipeline = Pipeline(
+            self.source,
+            self.handle,
+            self.sinks,
+            max_frames=cfg.max_frames,
+            idle_tick=min(0.5, timeout / 4) if timeout else 0.5,
+        )
+        if self.store is not None:
+            self.store.add_event(
+                "start",
+                {"model": model.name, "version": model.version, "sha256": model.sha256, "source": cfg.source},
+            )
+
+    def _load_model(self, spec: str) -> Any:
+        from inference.model import load_model
+
+        options = RuntimeOptions(threads=self.config.threads, providers=self.config.providers)
+        runtime = None if self.config.runtime == "auto" else self.config.runtime
+        return load_model(resolve_model(spec), options, runtime=runtime)
+
+    def _make_sinks(self) -> list[Sink]:
+        sinks: list[Sink] = []
+        if self.config.results:
+            self.results_sink = JsonlSink(self.config.results)
+            sinks.append(self.results_sink)
+        db = self.state_dir / "metrics.db"
+        try:
+            self.store = MetricsStore(db)
+        except EdgeAgentError as err:  # metrics are not worth refusing to serve
+            log.error("%s; running without the metrics database", err)
+        else:
+            sinks.append(SqliteSink(self.store))
+        return sinks
+
+    # ------------------------------------------------------------------ signals and reload
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os.write(2, b"edge-agent: second stop signal, exiting now\n")
+            os._exit(1)
+        if self.pipeline is not None:
+            self.pipeline.request_stop()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.pipeline is not None:
+            self.pipeline.call_between_frames(self.reload)
+
+    def reload(self) -> None:
+        """Re-read the config file; apply the live keys, log the ones that need a restart."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file was given (--config), nothing to reload")
+            return
+        try:
+            new = apply_overrides(load_config(self.config_path), self.overrides, "command line")
+        except ConfigError as err:
+            log.error("SIGHUP: %s; keeping the running config", err)
+            return
+        old = self.config
+        changed = changed_keys(old, new)
+        if not changed:
+            log.info("SIGHUP: %s reloaded, nothing changed", self.config_path)
+            return
+        applied: dict[str, Any] = {}
+        for key in changed:
+            if key not in LIVE_KEYS:
+                log.warning(
+                    "SIGHUP: %s changed; restart the agent to apply it (systemctl restart edge-agent)", key
+                )
+                continue
+            if key == "log_level":
+                logging.getLogger().setLevel(new.log_level.upper())
+            elif key == "max_frames" and self.pipeline is not None:
+                self.pipeline.max_frames = new.max_frames
+            elif key == "results" and not self._swap_results(new.results):
+                continue
+            applied[key] = getattr(new, key)
+        self.config = old.replace(**applied)
+        log.info("SIGHUP: applied %s", ", ".join(f"{k}={v!r}" for k, v in applied.items()) or "nothing")
+        if self.store is not None:
+            self.store.add_event(
+                "reload", {"applied": applied, "needs_restart": sorted(set(changed) - set(applied))}
+            )
+
+    def _swap_results(self, target: str | None) -> bool:
+        """Replace the results sink (runs between frames, on the inference thread)."""
+        try:
+            new = JsonlSink(target) if target else None
+        except EdgeAgentError as err:
+            log.error("SIGHUP: %s; keeping the current results output", err)
+            return False
+        old = self.results_sink
+        sinks = [s for s in self.sinks if s is not old]
+        if new is not None:
+            sinks.insert(0, new)
+        self.sinks = sinks
+        self.results_sink = new
+        if self.pipeline is not None:
+            self.pipeline.sinks = sinks
+        if old is not None:
+            old.close()
+        return True
+
+    # ------------------------------------------------------------------ serving
+
+    def _status_hook(self, s: PipelineStats) -> None:
+        self.notifier.status(format_line(s))
+
+    def serve(self) -> PipelineStats:
+        """Run the inference loop on this (main) thread until it ends; then clean up."""
+        assert self.pipeline is not None and self.handle is not None
+        pipeline = self.pipeline
+        installed: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig, fn in (
+                (signal.SIGTERM, self._on_signal),
+                (signal.SIGINT, self._on_signal),
+                (signal.SIGHUP, self._on_hup),
+            ):
+                installed[sig] = signal.signal(sig, fn)
+        model = self.handle.current
+        hooks: list[Callable[[PipelineStats], None]] = []
+        if self.notifier.enabled:
+            hooks.append(Every(STATUS_EVERY_S, self._status_hook))
+        self.progress = Progress(
+            pipeline.stats, line=self.line, log_every=5.0 if self.demo else 60.0, hooks=hooks
+        ).start()
+        if self.watchdog is not None:
+            self.watchdog.heartbeat = lambda: pipeline.heartbeat
+        self.notifier.ready(f"serving {model.name} v{model.version} on {self.config.source}")
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                service.start()
+                started.append(service)
+            stats = pipeline.run()
+        finally:
+            self.notifier.stopping("stopping")
+            for service in reversed(started):
+                try:
+                    service.stop()
+                except Exception:
+                    log.exception("stopping %r failed", service)
+            self.progress.stop()
+            for sig, old in installed.items():
+                signal.signal(sig, old)
+            self.close(pipeline.stats())
+        return stats
+
+    def close(self, stats: PipelineStats | None = None) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as err:
+                log.warning("closing sink %s failed: %s", type(sink).__name__, err)
+        if self.store is not None:
+            if stats is not None:
+                try:
+                    self.store.add_event("stop", stats.to_dict())
+                except EdgeAgentError as err:
+                    log.warning("%s", err)
+            self.store.close()
+            self.store = None
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.handle is not None:
+            try:
+                self.handle.current.close()
+            except Exception as err:
+                log.debug("closing the model failed: %s", err)
+        self.notifier.close()
+
+
+def run(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    stderr: TextIO | None = None,
+    progress: bool | None = None,
+) -> int:
+    """``edge-agent run``: 0 after a normal end or a stop signal, 1 when nothing can be served
+    at start, 2 for a config error. Messages go to the log (stderr)."""
+    stderr = stderr or sys.stderr
+    try:
+        config, demo = demo_defaults(config)
+    except ConfigError as err:
+        print(f"edge-agent: error: {err}", file=stderr)
+        return 2
+    daemon = Daemon(
+        config, config_path=config_path, overrides=overrides, demo=demo, stderr=stderr, progress=progress
+    )
+    try:
+        if demo:
+            print(
+                f"edge-agent: no --model/--source given: running the demo "
+                f"({config.model} on {config.source}); Ctrl-C to stop",
+                file=stderr,
+            )
+        daemon.start()
+    except ConfigError as err:
+        log.error("%s", err)
+        daemon.notifier.stopping(f"config error: {err}")
+        daemon.close()
+        return 2
+    except EdgeAgentError as err:
+        log.error("cannot start: %s", err)
+        daemon.notifier.stopping(f"cannot start: {err}")
+        daemon.close()
+        return 1
+    stats = daemon.serve()
+    log.info(
+        "done: %d frames, %d dropped, %d errors, %.1f fps, p50 %.1f ms, p95 %.1f ms",
+        stats.frames,
+        stats.dropped,
+        stats.errors,
+        stats.fps,
+        stats.latency_p50_ms,
+        stats.latency_p95_ms,
+    )
+    if daemon.pipeline is not None and daemon.pipeline.capture_error is not None:
+        return 1
+    return 0
