@@ -66,8 +66,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from inference.errors import FatalError, TransientError
+from inference.errors import TransientError
 from inference.fsio import DEFAULT_FS, FsOps, atomic_write_json
+from ota.errors import IllegalTransition
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,6 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.ROLLING_BACK, E.ERROR): S.FAILED,
     (S.FAILED, E.RESET): S.IDLE,
 }
-
-
-class IllegalTransition(FatalError):
-    """An event that the table does not allow in the current state (a bug in the caller)."""
 
 
 def next_state(state: State, event: Event, *, has_previous: bool = True) -> State:
