@@ -53,6 +53,7 @@ from pathlib import Path, PurePosixPath
 from inference.bundle import Manifest, open_bundle, parse_manifest
 from inference.errors import BundleError, ConfigError, EdgeAgentError, TransientError
 from inference.fsio import DEFAULT_FS, FsOps, atomic_symlink, atomic_write_json, copy_file_durably
+from ota.update_machine import VersionRef
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ class StoredVersion:
     @property
     def release_counter(self) -> int | None:
         return None if self.manifest is None else self.manifest.release_counter
+
+    def to_ref(self) -> VersionRef:
+        """This version as the update state file records it."""
+        return VersionRef(self.name, self.version, self.sha256, self.ref, self.release_counter)
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version} ({self.sha256[:12]})"

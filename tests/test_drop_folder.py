@@ -268,3 +268,41 @@ def test_empty_file_and_symlink_are_not_candidates(incoming: Path, tmp_path: Pat
     w._mark_all()
     assert w.tick(0.0) == []
     assert w.tick(1.0) == []
+
+
+def test_watcher_feeds_the_store(tmp_path: Path) -> None:
+    """Drop folder -> ModelStore: a bad sha256 is rejected, a half-copied bundle waits, then imports."""
+    from inference.errors import EdgeAgentError
+    from ota.store import ModelStore
+
+    store = ModelStore(tmp_path / "state")
+    outcomes: list[str] = []
+    done = threading.Event()
+
+    def on_candidate(path: Path) -> None:
+        try:
+            v = store.import_bundle(path, f"drop-{path.name}")
+            outcomes.append(f"ok {v.name} v{v.version}")
+        except EdgeAgentError as exc:
+            outcomes.append(f"rejected {type(exc).__name__}")
+        if len(outcomes) == 2:
+            done.set()
+
+    data = tiny_onnx("w")
+    bad = manifest_for("det", 1, data)
+    bad["sha256"] = "0" * 64
+    make_bundle(tmp_path / "out", "det", 1, data=data, manifest=bad)
+    with DropFolderWatcher(store.incoming_dir, on_candidate, debounce=DEBOUNCE, rescan=30.0):
+        os.rename(tmp_path / "out" / "det-v1", store.incoming_dir / "det-v1")
+        good = store.incoming_dir / "det-v2"
+        good.mkdir()
+        data2 = tiny_onnx("w2")
+        (good / "manifest.json").write_text(json.dumps(manifest_for("det", 2, data2)))
+        (good / "model.onnx").write_bytes(data2[:20])
+        settle()
+        with open(good / "model.onnx", "ab") as fh:
+            fh.write(data2[20:])
+        assert done.wait(5)
+    assert sorted(outcomes) == ["ok det v2", "rejected VerificationError"]
+    assert [v.version for v in store.versions()] == [2]
+    assert list(store.staging_dir.iterdir()) == []

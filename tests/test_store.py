@@ -57,6 +57,13 @@ def test_import_folder(store: ModelStore, bundle_factory: BundleFactory) -> None
     assert v.key == f"1-{v.sha256[:12]}"
     assert entries(v.path) == ["manifest.json", "model.onnx"]
     assert v.release_counter == 1
+    assert v.to_ref().to_json() == {
+        "name": "det",
+        "version": 1,
+        "sha256": v.sha256,
+        "path": f"models/det/{v.key}",
+        "release_counter": 1,
+    }
     assert store.versions() == [v]
     assert store.get("det", 1) == v
     assert store.get("det", 2) is None
