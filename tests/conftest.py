@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 pytest_plugins: list[str] = [
+    "tests.fixtures.agent",
     "tests.fixtures.ota",
     "tests.fixtures.models",
 ]
