@@ -460,3 +460,72 @@ def test_kth_fault_in_rollback_and_pin(tmp_path: Path, bundle_factory: BundleFac
             ModelStore(store.root, fs=FaultFs(fail_at=k)).pin()
         assert store.pinned() in (None, v2)
         assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == []
+
+
+# -- SIGKILL at random points of imports, swaps and GC ----------------------------------------
+
+_WORKER = r"""
+import sys
+from pathlib import Path
+from ota.store import ModelStore
+root, src = Path(sys.argv[1]), Path(sys.argv[2])
+store = ModelStore(root)
+print("ready", flush=True)
+for i, b in enumerate(sorted(src.iterdir())):
+    v = store.import_bundle(b, f"job{i}")
+    store.set_current(v)
+    store.gc(keep=2)
+print("done", flush=True)
+"""
+
+
+def test_sigkill_during_imports_leaves_a_consistent_store(tmp_path: Path) -> None:
+    import random
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "src"
+    for i in range(1, 7):
+        b = make_bundle(src, "big", i, folder=f"{i:02d}-big", data=os.urandom(3 << 20) + bytes([i]))
+        if i % 2 == 0:
+            make_tar(b, src / f"{i:02d}-big.tar.gz")
+            shutil.rmtree(b)
+    rng = random.Random(1234)
+    root_dir = Path(__file__).resolve().parent.parent
+
+    def start(root: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(root), str(src)],
+            cwd=root_dir,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    full = start(tmp_path / "full")
+    t0 = time.monotonic()
+    out, _ = full.communicate(timeout=60)
+    assert out.strip() == "done"
+    duration = time.monotonic() - t0
+    for trial in range(16):
+        root = tmp_path / f"t{trial}"
+        proc = start(root)
+        time.sleep(rng.uniform(0.0, duration))  # somewhere inside the run
+        proc.kill()
+        proc.communicate()
+        store = ModelStore(root)
+        for v in store.versions():
+            open_bundle(v.path, verify=True)  # every visible version is complete
+        for folder in store.models_dir.glob("*/*"):
+            assert store._load_version(folder, quiet=True) is not None, folder
+        for pointer in ("current", "previous"):  # a pointer that exists names a complete version
+            if (root / pointer).is_symlink():
+                assert store._read_pointer(pointer) is not None, pointer
+        store.discard_staging()
+        assert store.problems() == []
+        nxt = store.import_bundle(sorted(src.iterdir())[-1], "after")
+        store.set_current(nxt)
+        assert store.current() == nxt
