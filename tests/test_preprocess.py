@@ -48,7 +48,8 @@ def _reference(img: Arr, spec: InputSpec, quant: tuple[float, int] | None) -> Ar
         x = np.clip(np.rint(x / s + zp), info.min, info.max)
     if spec.layout == "NCHW":
         x = x.transpose(2, 0, 1)
-    return x[None].astype(dt) if len(spec.shape) == 4 else x.astype(dt)
+    res: Arr = x[None].astype(dt) if len(spec.shape) == 4 else x.astype(dt)
+    return res
 
 
 CASES = list(

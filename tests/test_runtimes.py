@@ -55,7 +55,7 @@ def test_onnx_dynamic_dims_are_none_and_any_size_runs(tiny_models: dict[str, Pat
     for shape in [(1, 3, 16, 24), (2, 3, 7, 5)]:
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         (m,) = rt.run([x])
-        np.testing.assert_allclose(m, x.mean(axis=(2, 3)), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(m, np.float64), x.mean(axis=(2, 3)), rtol=1e-5)
 
 
 def test_onnx_quantised_io_reports_quant_params(tiny_models: dict[str, Path]) -> None:
@@ -140,7 +140,7 @@ def test_litert_without_xnnpack_gives_the_same_outputs(zoo_model: Callable[[str]
     with_x = load_runtime(zoo_model("blazeface"), RuntimeOptions(threads=1)).run([x])
     without = load_runtime(zoo_model("blazeface"), RuntimeOptions(threads=1, xnnpack=False)).run([x])
     for p, q in zip(with_x, without, strict=True):
-        np.testing.assert_allclose(p, q, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(p, np.float64), np.asarray(q, np.float64), atol=1e-3)
 
 
 def test_litert_wrong_feed_is_bundle_error(zoo_model: Callable[[str], Path]) -> None:
