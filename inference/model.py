@@ -13,6 +13,7 @@ preprocessing buffers and a LiteRT interpreter serve one call at a time).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -82,8 +83,10 @@ class LoadedModel:
         with self._lock:
             t0 = time.perf_counter()
             x, t = self.preprocessor(image, out=self._buf)
-            outputs = self.runtime.run([x])
-            result = self.decoder(dequantise(outputs, self._plan), t)
+            outputs = dequantise(self.runtime.run([x]), self._plan)
+            result = self.decoder(outputs, t)
+            # one reduction per output: NaN or Inf anywhere makes the sum non-finite
+            result.finite = all(math.isfinite(float(o.sum(dtype=np.float64))) for o in outputs)
             result.latency_ms = (time.perf_counter() - t0) * 1000.0
         return result
 

@@ -43,6 +43,7 @@ class Result:
     detections: list[Detection] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     latency_ms: float = 0.0  # preprocess + run + decode, set by LoadedModel.infer
+    finite: bool = True  # False when a model output held NaN or Inf (set by LoadedModel.infer)
 
     def payload(self) -> dict[str, Any]:
         """The kind-specific part of a results line (``classes``, ``detections`` or ``outputs``)."""
