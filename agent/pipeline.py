@@ -195,6 +195,8 @@ class Pipeline:
         self.heartbeat = clock()
         self._latency = [0.0] * LATENCY_WINDOW
         self._done: deque[float] = deque(maxlen=2048)
+        # called on the inference thread when a model's infer raised (the ModelManager's probation)
+        self.on_error: Callable[[Frame, Any, BaseException], None] | None = None
         self._error_log = RateLimitedLog(log, clock=clock)
         self._sink_log = RateLimitedLog(log, clock=clock)
 
@@ -280,6 +282,8 @@ class Pipeline:
                     result = model.infer(item.image)
                 except Exception as err:
                     self.errors += 1
+                    if self.on_error is not None:
+                        self.on_error(item, model, err)
                     self._error_log(
                         logging.ERROR,
                         "%s v%s failed on frame %d: %r",
