@@ -283,7 +283,10 @@ class Pipeline:
                 except Exception as err:
                     self.errors += 1
                     if self.on_error is not None:
-                        self.on_error(item, model, err)
+                        try:
+                            self.on_error(item, model, err)
+                        except Exception:
+                            log.exception("the on_error hook failed")
                     self._error_log(
                         logging.ERROR,
                         "%s v%s failed on frame %d: %r",
