@@ -215,3 +215,23 @@ def test_ppocr_cls_tells_upright_from_upside_down(
     img = zoo_image("text.png")
     assert m.infer(img).classes[0].label == "0"
     assert m.infer(cv2.rotate(img, cv2.ROTATE_180)).classes[0].label == "180"
+
+
+def test_tflite_quantised_and_dynamic_models_serve(tmp_path: Path, tiny_tflite: dict[str, Path]) -> None:
+    m = load_model(tiny_tflite["uint8"])
+    assert m.runtime.kind == "tflite" and m.preprocessor.passthrough and m.spec.layout == "NHWC"
+    r = m.infer(_frame(bgr=(53, 53, 53)))  # q_in = 53 -> 1.0 -> q_out = 105 -> dequantised 1.0
+    assert r.outputs[0]["dtype"] == "uint8" and r.outputs[0]["max"] == pytest.approx(1.0, abs=1e-6)
+    dyn = load_model(tiny_tflite["float_dynamic"])
+    assert dyn.spec.shape == (1, 640, 640, 3)
+    assert dyn.infer(_frame()).outputs[0]["shape"] == [1, 3]
+    b = create_bundle(
+        tiny_tflite["uint8_dynamic"], tmp_path / "q", name="q", version=1,
+        input_spec={"shape": [1, 24, 32, 3]}, golden_images=[_frame()],
+    )  # fmt: skip
+    assert b.manifest.format == "tflite" and b.model_path.name == "model.tflite"
+    m2 = load_model(b.root)
+    assert m2.spec.shape == (1, 24, 32, 3)
+    np.testing.assert_array_equal(
+        m2.run_outputs(_frame())[0], np.load(b.root / b.manifest.golden[0]["outputs"][0])
+    )

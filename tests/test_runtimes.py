@@ -194,3 +194,37 @@ def test_onnx_ppocr_cls(zoo_model: Callable[[str], Path]) -> None:
     assert rt.outputs[0].shape == (None, 2)
     (p,) = rt.run([np.zeros((1, 3, 48, 192), np.float32)])
     assert p.shape == (1, 2) and p.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+# -- tiny .tflite models: quantised and dynamic --------------------------------------------------
+
+
+def test_litert_quantised_tensors_report_scale_and_zero_point(tiny_tflite: dict[str, Path]) -> None:
+    rt = load_runtime(tiny_tflite["uint8"])
+    (i,), (o,) = rt.inputs, rt.outputs
+    assert (
+        i.dtype == np.uint8 and i.quant is not None and i.quant[0] == pytest.approx(0.02) and i.quant[1] == 3
+    )
+    assert (
+        o.dtype == np.uint8 and o.quant is not None and o.quant[0] == pytest.approx(0.01) and o.quant[1] == 5
+    )
+    assert rt.run([np.full((1, 8, 8, 3), 53, np.uint8)])[0].tolist() == [[105, 105, 105]]
+    rt8 = load_runtime(tiny_tflite["int8"])
+    assert rt8.inputs[0].dtype == np.int8 and rt8.inputs[0].quant == (pytest.approx(0.05), -4)
+    f = load_runtime(tiny_tflite["float"])
+    assert f.inputs[0].quant is None and f.outputs[0].quant is None
+
+
+@pytest.mark.parametrize("name", ["float_dynamic", "uint8_dynamic"])
+def test_litert_dynamic_dims_resize_on_a_new_feed_shape(tiny_tflite: dict[str, Path], name: str) -> None:
+    rt = load_runtime(tiny_tflite[name])
+    assert rt.inputs[0].shape == (1, None, None, 3) and rt.inputs[0].is_dynamic
+    dtype = rt.inputs[0].dtype
+    for h, w in [(8, 8), (16, 4), (5, 7), (16, 4)]:
+        x = np.random.default_rng(h * w).integers(0, 200, (1, h, w, 3)).astype(dtype)
+        (m,) = rt.run([x])
+        if dtype == np.float32:
+            np.testing.assert_allclose(np.asarray(m, np.float64), x.mean(axis=(1, 2)), rtol=1e-5)
+        else:
+            want = np.clip(np.rint(((x.astype(np.float64) - 3) * 0.02).mean(axis=(1, 2)) / 0.01 + 5), 0, 255)
+            assert np.abs(np.asarray(m, np.int32) - want).max() <= 1
