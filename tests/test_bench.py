@@ -389,3 +389,347 @@ def test_worker_module_runs_standalone(models: dict[str, Path]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["runs"] == 3
+
+
+# ------------------------------------------------------------------------------------------
+# bundles: golden inputs, image folders, manifest shapes for dynamic dims
+
+
+def nhwc_twin(path: Path, c: int = 3, hw: int = 64) -> Path:
+    """The conv_model(c, hw) graph behind NHWC input and output (Transpose in and out)."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.1).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["xc", "w"], ["y"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["y"], ["zc"]),
+        helper.make_node("Transpose", ["zc"], ["z"], perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, hw, hw, c])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, hw, hw, c])],
+        [w],
+    )
+    return _save(graph, path)
+
+
+def _images(n: int = 3, hw: tuple[int, int] = (48, 64)) -> list[np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(5)
+    return [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from inference.bundle_builder import create_bundle
+
+    d = tmp_path_factory.mktemp("bench-bundles")
+    float_in = {"layout": "NCHW", "color": "RGB", "scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    out = {}
+    conv3 = conv_model(d / "conv3.onnx", c=3)
+    create_bundle(conv3, d / "conv3", name="conv3", version=1, input_spec=float_in, golden_images=_images())
+    out["conv3"] = d / "conv3"
+    q = quant_model(d / "q3.onnx", TensorProto.UINT8, c=3, hw=32)
+    create_bundle(q, d / "q3", name="q3", version=2, golden_images=_images(2))
+    out["q3"] = d / "q3"
+    dyn = conv_model(d / "dyn.onnx", c=3, hw="h", batch="n")
+    create_bundle(dyn, d / "dyn", name="dyn", version=1, input_spec={**float_in, "shape": [1, 3, 48, 80]})
+    out["dyn"] = d / "dyn"
+    folder = d / "images"
+    folder.mkdir()
+    import cv2
+
+    for i, img in enumerate(_images(3, (60, 90))):
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    out["images"] = folder
+    out["conv3_file"] = conv3
+    out["nhwc_file"] = nhwc_twin(d / "nhwc.onnx")
+    out["q3_file"] = q
+    return out
+
+
+def test_bundle_golden_inputs(bundles: dict[str, Path]) -> None:
+    r = bench.run_bench(bundles["conv3"], input_mode="golden", runs=6, warmup=1)
+    assert r.model == "conv3" and r.input == "golden" and r.input_shapes == [[1, 3, 64, 64]]
+    golden = np.load(bundles["conv3"] / "golden" / "0_in.npy")
+    target = bench.resolve_target(bundles["conv3"])
+    from inference.runtime import load_runtime
+
+    rt = load_runtime(target.model_path)
+    try:
+        feeds = bench.prepare_inputs(target, rt, "golden")
+    finally:
+        rt.close()
+    assert len(feeds) == 3 and np.array_equal(feeds[0][0], golden)
+
+
+def test_quantised_bundle_golden_and_random(bundles: dict[str, Path]) -> None:
+    r = bench.run_bench(bundles["q3"], input_mode="golden", runs=4, warmup=0)
+    assert r.input_shapes == [[1, 3, 32, 32]]
+    r = bench.run_bench(bundles["q3"], runs=4, warmup=0)
+    assert r.model == "q3" and r.fps > 0
+
+
+def test_image_folder_inputs_use_the_models_preprocessor(bundles: dict[str, Path]) -> None:
+    r = bench.run_bench(bundles["conv3"], input_mode=str(bundles["images"]), runs=6, warmup=1)
+    assert r.input == "dir" and r.input_shapes == [[1, 3, 64, 64]]
+    # a bare file: the input spec comes from the model itself
+    r = bench.run_bench(bundles["q3_file"], input_mode=str(bundles["images"]), runs=3, warmup=0)
+    assert r.input_shapes == [[1, 3, 32, 32]]
+
+
+def test_dynamic_bundle_takes_the_manifest_shape(bundles: dict[str, Path]) -> None:
+    r = bench.run_bench(bundles["dyn"], runs=3, warmup=0)
+    assert r.input_shapes == [[1, 3, 48, 80]]
+
+
+def test_cli_on_a_bundle_with_golden_inputs(
+    bundles: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli(
+        [str(bundles["q3"]), "--input", "golden", "--runs", "4", "--warmup", "1", "--json"], capsys
+    )
+    assert code == 0, err
+    (r,) = json.loads(out)["results"]
+    assert r["model"] == "q3" and r["input"] == "golden" and r["isolated"] is True
+
+
+def test_golden_needs_a_bundle(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli([str(models["conv"]), "--input", "golden", "--runs", "1"], capsys)
+    assert code == 2 and "golden" in err
+
+
+# ------------------------------------------------------------------------------------------
+# --compare
+
+
+def test_compare_same_model_in_two_layouts(bundles: dict[str, Path]) -> None:
+    from inference.bench_compare import compare
+
+    doc = compare(bundles["conv3_file"], bundles["nhwc_file"], runs=3, warmup=0)
+    agree = doc["agreement"]
+    assert agree["inputs"] == 4 and agree["input"] == "random"
+    (row,) = agree["outputs"]
+    assert (
+        row["note"] == "B transposed"
+        and row["shape_a"] == [1, 3, 64, 64]
+        and row["shape_b"] == [1, 64, 64, 3]
+    )
+    assert row["max_abs_diff"] < 1e-4 < row["max_abs_a"]
+    assert doc["a"]["results"][0]["runs"] == 3 and doc["b"]["results"][0]["model"] == "nhwc"
+
+
+def test_compare_float_with_quantised(bundles: dict[str, Path], tmp_path: Path) -> None:
+    from inference.bench_compare import compare
+
+    rng = np.random.default_rng(2)  # quant_model's weights, in a float model
+    w = numpy_helper.from_array((rng.standard_normal((3, 3, 3, 3)) * 0.1).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "float",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [w],
+    )
+    f = _save(graph, tmp_path / "float.onnx")
+    doc = compare(f, bundles["q3_file"], runs=2, warmup=0)
+    (row,) = doc["agreement"]["outputs"]
+    # input quantised at 0.02, output at 0.05: small but non-zero differences
+    assert 0 < row["max_abs_diff"] < 0.2 and row["max_abs_a"] > 0.2
+
+
+def test_compare_on_images_and_identical_models(
+    bundles: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli(
+        ["--compare", str(bundles["conv3"]), str(bundles["conv3_file"]), "--input", str(bundles["images"]),
+         "--runs", "2", "--warmup", "0", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["agreement"]["inputs"] == 3 and doc["agreement"]["outputs"][0]["max_abs_diff"] == 0.0
+    assert set(doc) >= {"a", "b", "agreement", "machine"}
+    code, out, _ = _cli(["--compare", str(bundles["conv3"]), str(bundles["conv3"]), "--runs", "2"], capsys)
+    assert code == 0 and "max abs diff 0" in out
+
+
+def test_compare_refuses_unrelated_inputs(
+    bundles: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _cli(
+        ["--compare", str(bundles["conv3_file"]), str(bundles["q3_file"]), "--runs", "1"], capsys
+    )
+    assert code == 2 and "--input DIR" in err
+
+
+def test_box_matching() -> None:
+    from inference.bench_compare import compare_decoded, iou, match_boxes
+    from inference.result import Detection, Result
+
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    a = Result(
+        "detections",
+        0.9,
+        detections=[Detection("face", 0.9, (0, 0, 10, 10)), Detection("face", 0.8, (20, 20, 30, 30))],
+    )
+    b = Result(
+        "detections",
+        0.9,
+        detections=[Detection("face", 0.9, (21, 20, 31, 30)), Detection("cat", 0.7, (0, 0, 10, 10))],
+    )
+    assert match_boxes(a, b) == [pytest.approx(90 / 110)]
+    d = compare_decoded([a], [b])
+    assert d["matched"] == 1 and d["matched_share"] == 0.5 and d["boxes_a"] == 2
+
+
+# ------------------------------------------------------------------------------------------
+# the real models: LiteRT, bundles, the pipeline
+
+
+@pytest.mark.models
+def test_tflite_bare_file_and_bundle(
+    zoo_model: Any, zoo_bundle: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = bench.run_bench(zoo_model("blazeface"), runs=10, warmup=2)
+    _check_result(r, 10)
+    assert (
+        r.runtime == "tflite"
+        and "litert" in r.runtime_version.lower()
+        and r.input_shapes == [[1, 128, 128, 3]]
+    )
+    code, out, err = _cli(
+        [str(zoo_bundle("blazeface")), "--input", "golden", "--runs", "5", "--json"], capsys
+    )
+    assert code == 0, err
+    (res,) = json.loads(out)["results"]
+    assert res["model"] == "blazeface" and res["runtime"] == "tflite" and res["peak_rss_mb"] > 0
+    code, _, err = _cli([str(zoo_model("blazeface")), "--runtime", "onnx", "--runs", "1"], capsys)
+    assert code == 2 and "onnx runtime cannot run it" in err
+
+
+@pytest.mark.models
+def test_bench_p50_agrees_with_a_plain_tflite_loop(zoo_model: Any) -> None:
+    from benchmarks.common import plain_tflite, summarize
+
+    path = zoo_model("blazeface")
+    info = TensorInfo("input", (1, 128, 128, 3), np.dtype(np.float32))
+    feed = bench.random_tensor(info, (1, 128, 128, 3), np.random.default_rng(0))
+    ratios = []
+    for _ in range(3):
+        b = bench.bench_isolated(str(path), "tflite", 1, runs=150, warmup=15)
+        plain, _wall = plain_tflite(path, 1, feed, runs=150, warmup=15)
+        ratios.append(b.latency_ms["p50"] / summarize(plain)["p50"])
+    assert 0.75 < statistics.median(ratios) < 1.25, ratios
+
+
+@pytest.mark.models
+def test_zoo_name_and_compare_detector_with_itself(
+    zoo_bundle: Any, zoo_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    zoo_bundle("blazeface")
+    cv2.imwrite(str(tmp_path / "astronaut.png"), zoo_image("astronaut.png"))
+    code, out, err = _cli(
+        [
+            "--compare",
+            "blazeface",
+            str(zoo_bundle("blazeface")),
+            "--input",
+            str(tmp_path),
+            "--runs",
+            "2",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    dec = json.loads(out)["agreement"]["decoded"]
+    assert dec["boxes_a"] >= 1 and dec["matched_share"] == 1.0 and dec["mean_iou"] == 1.0
+
+
+@pytest.mark.models
+def test_pipeline_mode(zoo_bundle: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(
+        [str(zoo_bundle("blazeface")), "--runs", "5", "--pipeline", "--source", "synthetic:320x240@30",
+         "--frames", "40", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    pipe = json.loads(out)["pipeline"]
+    assert pipe["frames"] == 40 and pipe["errors"] == 0 and pipe["dropped"] == 0
+    for key in ("fps", "bare_fps", "decode_fps", "infer_fps", "ratio", "ratio_vs_min"):
+        assert pipe[key] > 0, key
+    assert pipe["ratio"] == pytest.approx(pipe["fps"] / pipe["bare_fps"])
+    assert set(pipe["latency_ms"]) >= {"p50", "p99"}
+    code, out, err = _cli(
+        [str(zoo_bundle("blazeface")), "--runs", "3", "--pipeline", "--frames", "20"], capsys
+    )
+    assert code == 0 and "pipeline ÷ bare runtime" in out
+
+
+def test_pipeline_mode_bad_source(bundles: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(
+        [str(bundles["conv3"]), "--runs", "2", "--pipeline", "--source", "nowhere.mp4"], capsys
+    )
+    assert code == 1 and "nowhere.mp4" in err and out == ""
+
+
+# ------------------------------------------------------------------------------------------
+# the benchmark runner
+
+
+def test_runner_writes_json_markdown_plots_and_docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import benchmarks.__main__ as runner
+
+    ok = types.ModuleType("fake_ok")
+    ok.run = lambda quick: {  # type: ignore[attr-defined]
+        "targets": [{"what": "a ratio", "value": 0.991, "target": "≥ 0.97", "ok": True}],
+        "latency_ms": {"fast": [1.0, 1.1, 1.2, 0.9], "slow": [5.0, 6.0, 5.5]},
+        "notes": ["a note"],
+        "quick_was": quick,
+    }
+    bad = types.ModuleType("fake_bad")
+
+    def boom(quick: bool) -> dict[str, Any]:
+        raise RuntimeError("it broke")
+
+    bad.run = boom  # type: ignore[attr-defined]
+    monkeypatch.setattr(runner, "discover", lambda: {"ok": ok, "bad": bad})
+    docs = tmp_path / "performance.md"
+    docs.write_text("# Performance\n\nhand-written\n\n" + runner.BEGIN + "\nold\n" + runner.END + "\ntail\n")
+    monkeypatch.setattr(runner, "DOCS", docs)
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path / "results")
+    code = runner.main(["--out", str(tmp_path / "results")])
+    assert code == 1  # one benchmark failed; the other still ran
+    (js,) = (tmp_path / "results").glob("*.json")
+    doc = json.loads(js.read_text())
+    assert doc["benchmarks"]["ok"]["quick_was"] is False and doc["quick"] is False
+    assert doc["benchmarks"]["ok"]["latency_ms"]["fast"]["p50"] == pytest.approx(1.05)
+    assert "it broke" in doc["benchmarks"]["bad"]["error"]
+    assert doc["machine"]["cores"] == os.cpu_count() and doc[
+        "command"
+    ] == "python -m benchmarks --out " + str(tmp_path / "results")
+    md = js.with_suffix(".md").read_text()
+    assert "| ok | a ratio | 0.991 | ≥ 0.97 | ✓ |" in md and "failed: RuntimeError: it broke" in md
+    (png,) = (tmp_path / "results").glob("*-ok.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in md
+    text = docs.read_text()
+    assert "hand-written" in text and text.endswith("tail\n") and "old" not in text
+    assert f"](../benchmarks/results/{png.name})" in text and "a ratio" in text
+
+
+def test_runner_lists_real_benchmarks_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.__main__ as runner
+
+    found = runner.discover()
+    assert list(found)[:2] == ["pipeline", "bench_vs_plain"]
+    assert all(callable(m.run) for m in found.values())
+    assert runner.main(["--only", "nope"]) == 2
+    assert "unknown benchmark nope" in capsys.readouterr().err
