@@ -210,7 +210,8 @@ def test_litert_quantised_tensors_report_scale_and_zero_point(tiny_tflite: dict[
     )
     assert rt.run([np.full((1, 8, 8, 3), 53, np.uint8)])[0].tolist() == [[105, 105, 105]]
     rt8 = load_runtime(tiny_tflite["int8"])
-    assert rt8.inputs[0].dtype == np.int8 and rt8.inputs[0].quant == (pytest.approx(0.05), -4)
+    q8 = rt8.inputs[0].quant
+    assert rt8.inputs[0].dtype == np.int8 and q8 is not None and q8[0] == pytest.approx(0.05) and q8[1] == -4
     f = load_runtime(tiny_tflite["float"])
     assert f.inputs[0].quant is None and f.outputs[0].quant is None
 
