@@ -380,6 +380,13 @@ def open_bundle(path: Path, verify: bool = True) -> Bundle:
                 f"{mpath}: the model file {manifest.file!r} it names is missing from {path}: "
                 "copy it there or rebuild the bundle"
             )
+        try:
+            model_path.resolve().relative_to(path.resolve())
+        except ValueError:
+            raise BundleError(
+                f"{mpath}: the model file {manifest.file!r} is a link to a place outside the bundle "
+                f"folder {path}; copy the real file into the bundle"
+            ) from None
         bundle = Bundle(path, manifest, model_path, bare=False)
         if verify:
             verify_bundle(bundle)

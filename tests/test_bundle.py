@@ -172,6 +172,14 @@ def test_missing_manifest_and_missing_model(tmp_path: Path, tiny_models: dict[st
         open_bundle(tmp_path / "notes.txt")
 
 
+def test_model_file_linked_outside_the_bundle(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    root = _write_bundle(tmp_path / "b", tiny_models["classifier"].read_bytes())
+    (root / "model.onnx").unlink()
+    (root / "model.onnx").symlink_to(tiny_models["classifier"])
+    with pytest.raises(BundleError, match="outside the bundle"):
+        open_bundle(root)
+
+
 def test_sha256_and_size_mismatch_are_verification_errors(
     tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
