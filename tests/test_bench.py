@@ -733,3 +733,43 @@ def test_runner_lists_real_benchmarks_and_rejects_unknown(capsys: pytest.Capture
     assert all(callable(m.run) for m in found.values())
     assert runner.main(["--only", "nope"]) == 2
     assert "unknown benchmark nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["float", "float_dynamic", "uint8", "uint8_dynamic", "int8"])
+def test_tiny_tflite_models(tiny_tflite: dict[str, Path], name: str) -> None:
+    shapes = {"": (1, 16, 24, 3)} if name.endswith("dynamic") else None
+    r = bench.run_bench(tiny_tflite[name], "auto", runs=5, warmup=1, shapes=shapes)
+    _check_result(r, 5)
+    assert r.runtime == "tflite"
+    assert r.input_shapes == ([[1, 16, 24, 3]] if shapes else [[1, 8, 8, 3]])
+    if name.endswith("dynamic"):  # without --shape: batch 1, 640 x 640
+        r = bench.run_bench(tiny_tflite[name], runs=2, warmup=0)
+        assert r.input_shapes == [[1, bench.DEFAULT_SPATIAL, bench.DEFAULT_SPATIAL, 3]]
+
+
+def test_tiny_tflite_integer_feeds_and_cli(
+    tiny_tflite: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.runtime import load_runtime
+
+    target = bench.resolve_target(tiny_tflite["int8"])
+    rt = load_runtime(target.model_path)
+    try:
+        (feed,) = bench.prepare_inputs(target, rt, "random")[0]
+        assert feed.dtype == np.int8 and rt.outputs[0].dtype == np.int8
+    finally:
+        rt.close()
+    argv = [
+        str(tiny_tflite["uint8_dynamic"]),
+        "--shape",
+        "1x32x32x3",
+        "--runs",
+        "3",
+        "--threads",
+        "1,2",
+        "--json",
+    ]
+    code, out, err = _cli(argv, capsys)
+    assert code == 0, err
+    rows = json.loads(out)["results"]
+    assert [r["threads"] for r in rows] == [1, 2] and all(r["input_shapes"] == [[1, 32, 32, 3]] for r in rows)
