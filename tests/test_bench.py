@@ -737,7 +737,7 @@ def test_runner_lists_real_benchmarks_and_rejects_unknown(capsys: pytest.Capture
 
 @pytest.mark.parametrize("name", ["float", "float_dynamic", "uint8", "uint8_dynamic", "int8"])
 def test_tiny_tflite_models(tiny_tflite: dict[str, Path], name: str) -> None:
-    shapes = {"": (1, 16, 24, 3)} if name.endswith("dynamic") else None
+    shapes: dict[str, tuple[int, ...]] | None = {"": (1, 16, 24, 3)} if name.endswith("dynamic") else None
     r = bench.run_bench(tiny_tflite[name], "auto", runs=5, warmup=1, shapes=shapes)
     _check_result(r, 5)
     assert r.runtime == "tflite"
