@@ -99,7 +99,8 @@ class _Probation:
     frames: int = 0
     errors: int = 0
     confidence_sum: float = 0.0
-    detection_frames: int = 0
+    detector_frames: int = 0  # frames decoded as detections (detectors only)
+    detection_frames: int = 0  # of those, frames with at least one detection
     latencies: list[float] = field(default_factory=list)
     verdict: str | None = None  # None while pending; "" passed; else the failure reason
     decided_at: float = 0.0
@@ -132,9 +133,14 @@ class _Probation:
                 f"confidence collapsed: mean {conf:.3f} against {prev_conf:.3f} for the "
                 f"previous version (min ratio {self.min_confidence_ratio:g})"
             )
-        rate = self.detection_frames / self.frames
+        rate = self.detection_frames / max(1, self.detector_frames)
         prev_rate = self.prev_detection_rate
-        if prev_rate is not None and prev_rate > 0.2 and rate < self.min_confidence_ratio * prev_rate:
+        if (
+            self.detector_frames
+            and prev_rate is not None
+            and prev_rate > 0.2
+            and rate < self.min_confidence_ratio * prev_rate
+        ):
             return (
                 f"detection rate collapsed: {rate:.2f} of frames against {prev_rate:.2f} "
                 f"for the previous version (min ratio {self.min_confidence_ratio:g})"
@@ -156,6 +162,10 @@ def _ref(v: StoredVersion | None) -> VersionRef | None:
     if v is None:
         return None
     return VersionRef(v.name, v.version, v.sha256, v.ref, v.release_counter)
+
+
+def _serves(model: LoadedModel, v: StoredVersion) -> bool:
+    return (model.name, model.version, model.sha256) == (v.name, v.version, v.sha256)
 
 
 def _new_job_id(origin: str) -> str:
@@ -739,9 +749,9 @@ class ModelManager:
         handle = self.handle
         if handle is None:  # at boot: the pipeline loads ``current`` itself
             return
-        if handle.current.sha256 != v.sha256:
+        if not _serves(handle.current, v):
             warm = self._prev_model
-            if warm is not None and warm.sha256 == v.sha256:
+            if warm is not None and _serves(warm, v):
                 self._retire(handle.swap(warm))
                 self._prev_model = None
             elif self.policy.swap_policy == "memory":
@@ -776,8 +786,10 @@ class ModelManager:
 
     def write(self, frame: Frame, result: Result, model: Any) -> None:
         """Called by the pipeline after every frame: recent figures and probation health."""
+        detector = result.kind == "detections"
         self._recent_conf.append(float(result.confidence))
-        self._recent_det.append(1 if (result.kind != "detections" or result.detections) else 0)
+        if detector:
+            self._recent_det.append(1 if result.detections else 0)
         if frame.index % self._frame_every == 0:
             self._recent_frames.append(frame.image.copy())
         p = self._probation
@@ -785,8 +797,9 @@ class ModelManager:
             return
         p.frames += 1
         p.confidence_sum += float(result.confidence)
-        if result.kind == "detections" and result.detections:
-            p.detection_frames += 1
+        if detector:
+            p.detector_frames += 1
+            p.detection_frames += 1 if result.detections else 0
         p.latencies.append(result.latency_ms)
         now = self.clock()
         if not result.finite:

@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.agent",
     "tests.fixtures.ota",
     "tests.fixtures.models",
+    "tests.fixtures.hot_swap",
 ]

@@ -1,0 +1,286 @@
+"""ModelManager in process: real store, update machine, validation, pipeline and models.
+
+Every bad candidate is rejected or rolled back, the serving version stays, and the reason
+is in the log, the job history and ``status()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.manager import ManagerPolicy
+from inference.fsio import sha256_file
+from ota.store import ModelStore
+from ota.update_machine import State
+from ota.validation import ValidationPolicy, validate, validate_isolated
+from tests.fixtures.hot_swap import (
+    frame_image,
+    hanging_model,
+    make_bundle_from,
+    slow_model,
+)
+from tests.fixtures.ota import FaultFs
+
+Start = Callable[..., Any]
+Make = Callable[..., Path]
+
+
+def _settle(agent: Any, timeout: float = 30.0) -> None:
+    assert agent.manager.wait_idle(timeout), f"manager still busy in {agent.machine.state}"
+
+
+def _contiguous(rows: list[tuple[int, int, float]]) -> None:
+    idx = [r[0] for r in rows]
+    assert idx == list(range(idx[0], idx[0] + len(idx))), "a frame index was skipped"
+
+
+def _switches(rows: list[tuple[int, int, float]]) -> list[tuple[int, int, int]]:
+    """(frame index, from version, to version) at every change of version."""
+    return [(b[0], a[1], b[1]) for a, b in zip(rows, rows[1:], strict=False) if a[1] != b[1]]
+
+
+def _assert_rejected(agent: Any, words: str, serving: int = 1) -> None:
+    _settle(agent)
+    n = len(agent.sink.rows)
+    assert agent.sink.wait_frames(n + 5)
+    assert agent.handle.current.version == serving
+    assert agent.store.current() is not None and agent.store.current().version == serving
+    assert agent.machine.state is State.IDLE
+    status = agent.manager.status()
+    assert words in (status["reason"] or ""), status
+    assert status["outcome"] in ("no_state_change", "rolled_back")
+    reasons = " ".join(str(r["reason"]) for r in agent.history_rows())
+    assert words in reasons
+    assert set(agent.sink.versions()) == {serving} or status["outcome"] == "rolled_back"
+
+
+def test_hot_swap_between_two_frames_then_commit(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    assert agent.sink.wait_frames(20)
+    agent.manager.submit(classifier_bundle(2))
+    _settle(agent)
+    assert agent.sink.wait_frames(len(agent.sink.rows) + 5)
+    rows = list(agent.sink.rows)
+    _contiguous(rows)
+    switches = _switches(rows)
+    assert len(switches) == 1 and switches[0][1:] == (1, 2)
+    assert agent.machine.state is State.IDLE
+    assert agent.store.current().version == 2 and agent.store.previous().version == 1
+    events = [(r["source"], r["event"], r["target"]) for r in agent.history_rows()]
+    assert ("PROBATION", "PROBATION_PASSED", "COMMITTED") in events
+    assert ("COMMITTED", "FINISHED", "IDLE") in events
+    assert agent.machine.last_version("cls") == 2
+    status = agent.manager.status()
+    assert status["phase"] == "IDLE" and status["previous"]["version"] == 1
+
+
+def test_confidence_collapse_rolls_back(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    assert agent.sink.wait_frames(60)
+    agent.manager.submit(classifier_bundle(2, strength=0.0))  # golden pairs pass; live confidence 0.25
+    _settle(agent)
+    assert agent.sink.wait_frames(len(agent.sink.rows) + 5)
+    rows = list(agent.sink.rows)
+    _contiguous(rows)
+    assert [s[1:] for s in _switches(rows)] == [(1, 2), (2, 1)]
+    assert agent.handle.current.version == 1 and agent.store.current().version == 1
+    status = agent.manager.status()
+    assert status["outcome"] == "rolled_back"
+    assert "confidence collapsed" in status["reason"]
+    assert agent.manager.last_rollback_ms is not None and agent.manager.last_rollback_ms < 50
+
+
+def test_memory_policy_swaps_without_dropping(classifier_bundle: Make, in_process_agent: Start) -> None:
+    policy = ManagerPolicy(swap_policy="memory", probation_frames=20, isolate_validation=False)
+    agent = in_process_agent(classifier_bundle(1), policy)
+    assert agent.sink.wait_frames(20)
+    agent.manager.submit(classifier_bundle(2))
+    _settle(agent)
+    rows = list(agent.sink.rows)
+    _contiguous(rows)
+    assert [s[1:] for s in _switches(rows)] == [(1, 2)]
+    assert agent.manager.last_gap_ms is not None and agent.manager.last_gap_ms > 0
+    assert agent.manager.status()["last_gap_ms"] == agent.manager.last_gap_ms
+
+
+def test_memory_policy_rollback(classifier_bundle: Make, in_process_agent: Start) -> None:
+    policy = ManagerPolicy(swap_policy="memory", probation_frames=20, isolate_validation=False)
+    agent = in_process_agent(classifier_bundle(1), policy)
+    assert agent.sink.wait_frames(60)
+    agent.manager.submit(classifier_bundle(2, strength=0.0))
+    _settle(agent)
+    assert agent.sink.wait_frames(len(agent.sink.rows) + 5)
+    _contiguous(list(agent.sink.rows))
+    assert agent.handle.current.version == 1
+    assert agent.manager.status()["outcome"] == "rolled_back"
+
+
+def test_wrong_sha256_is_rejected(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    bad = classifier_bundle(2)
+    model = bad / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    model.write_bytes(bytes(data))
+    agent.manager.submit(bad)
+    _assert_rejected(agent, "sha256")
+
+
+def test_model_that_fails_to_load(classifier_bundle: Make, in_process_agent: Start, tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    agent = in_process_agent(classifier_bundle(1))
+    bad = classifier_bundle(2)
+    garbage = b"this is not an onnx model" * 10
+    (bad / "model.onnx").write_bytes(garbage)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["sha256"], m["size"] = hashlib.sha256(garbage).hexdigest(), len(garbage)
+    (bad / "manifest.json").write_text(json.dumps(m))
+    agent.manager.submit(bad)
+    _assert_rejected(agent, "does not load")
+
+
+def test_wrong_input_shape(classifier_bundle: Make, in_process_agent: Start) -> None:
+    import json
+
+    agent = in_process_agent(classifier_bundle(1))
+    bad = classifier_bundle(2)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["input"]["shape"] = [1, 3, 32, 32]  # the model takes 16x16
+    (bad / "manifest.json").write_text(json.dumps(m))
+    agent.manager.submit(bad)
+    _assert_rejected(agent, "does not load")
+
+
+def test_nan_outputs(tmp_path: Path, classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    agent.manager.submit(classifier_bundle(2, nan=True, golden=False))
+    _assert_rejected(agent, "NaN")
+
+
+def test_ten_times_over_latency_budget(
+    tmp_path: Path, classifier_bundle: Make, in_process_agent: Start
+) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    slow = make_bundle_from(
+        slow_model(tmp_path / "slow.onnx"), tmp_path / "slow", 2, validation={"max_latency_ms": 0.5}
+    )
+    agent.manager.submit(slow)
+    _assert_rejected(agent, "over the budget")
+
+
+def test_lower_version_refused_unless_explicit(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(3))
+    agent.manager.submit(classifier_bundle(2))
+    _assert_rejected(agent, "downgrade refused", serving=3)
+    assert len(agent.store.versions()) == 2  # kept in the store: it can be activated explicitly
+    agent.manager.activate(2)
+    _settle(agent)
+    assert agent.handle.current.version == 2 and agent.store.current().version == 2
+
+
+def test_pinned_version_is_not_replaced(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    agent.manager.pin(None)
+    agent.manager.submit(classifier_bundle(2))
+    _assert_rejected(agent, "pinned")
+    agent.manager.unpin()
+    agent.manager.submit(classifier_bundle(3))
+    _settle(agent)
+    assert agent.handle.current.version == 3
+
+
+def test_manual_rollback_after_commit(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1))
+    agent.manager.submit(classifier_bundle(2))
+    _settle(agent)
+    assert agent.handle.current.version == 2
+    agent.manager.rollback()
+    _settle(agent)
+    assert agent.sink.wait_frames(len(agent.sink.rows) + 5)
+    assert agent.handle.current.version == 1 and agent.store.current().version == 1
+    assert agent.manager.status()["reason"] == "manual rollback"
+    _contiguous(list(agent.sink.rows))
+
+
+def test_disk_full_during_import(classifier_bundle: Make, in_process_agent: Start, tmp_path: Path) -> None:
+    fs = FaultFs()
+    store = ModelStore(tmp_path / "full", fs=fs)
+    agent = in_process_agent(classifier_bundle(1), store=store)
+    fs.calls.clear()
+    fs.fail_at, fs.err, fs.kinds = 3, errno.ENOSPC, ("fsync",)
+    agent.manager.submit(classifier_bundle(2))
+    _settle(agent)
+    fs.fail_at = 0
+    _assert_rejected(agent, "disk full")
+    assert not any((store.root / "staging").iterdir())
+
+
+def test_model_that_hangs_the_runtime_is_cut_off(tmp_path: Path, classifier_bundle: Make) -> None:
+    bundle = make_bundle_from(hanging_model(tmp_path / "hang.onnx"), tmp_path / "hang", 2, golden=False)
+    t0 = time.monotonic()
+    report = validate_isolated(bundle, [frame_image(9)], ValidationPolicy(timeout_s=4.0))
+    assert not report.ok and "hung" in report.reason
+    assert time.monotonic() - t0 < 15
+
+
+def test_model_that_crashes_the_runtime(tmp_path: Path, classifier_bundle: Make) -> None:
+    # The child process dies by a signal, as a segfaulting runtime would.
+    crasher = tmp_path / "crash.py"
+    crasher.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    wrapper = tmp_path / "python-that-crashes"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {crasher}\n")
+    os.chmod(wrapper, 0o755)
+    report = validate_isolated(classifier_bundle(2), [frame_image(9)], python=str(wrapper))
+    assert not report.ok and "crashed" in report.reason and "signal 11" in report.reason
+
+
+def test_isolated_validation_passes_a_good_bundle(classifier_bundle: Make) -> None:
+    bundle = classifier_bundle(2)
+    report = validate_isolated(bundle, [frame_image(9), frame_image(99)])
+    assert report.ok, report.reason
+    assert [c["check"] for c in report.checks] == ["load", "golden", "live", "latency"]
+    assert validate(bundle, [frame_image(1)]).ok
+
+
+def test_golden_mismatch(classifier_bundle: Make) -> None:
+    import numpy as np
+
+    bundle = classifier_bundle(2)
+    out = sorted((bundle / "golden").glob("*out*.npy"))[0]
+    arr = np.load(out)
+    np.save(out, arr + 0.5)
+    report = validate(bundle)
+    assert not report.ok and "differs from the expected output" in report.reason
+
+
+def test_restart_resumes_probation_then_commits(
+    classifier_bundle: Make, tmp_path: Path, in_process_agent: Start
+) -> None:
+    """A manager started on a store whose state file says PROBATION resumes and commits."""
+    agent = in_process_agent(classifier_bundle(1))
+    v2 = agent.store.import_bundle(classifier_bundle(2), "job")
+    agent.close()
+    from ota.update_machine import Event, UpdateMachine
+
+    machine = UpdateMachine(agent.store.state_path)
+    machine.advance(Event.START, job_id="j1", previous=agent.store.current().to_ref())
+    for ev in (Event.FETCHED, Event.VERIFIED, Event.STORED, Event.VALIDATED):
+        machine.advance(ev, target=v2.to_ref() if ev is Event.VERIFIED else None)
+    agent.store.set_current(v2)
+    machine.advance(Event.ACTIVATED)
+    assert machine.state is State.PROBATION
+    again = in_process_agent(classifier_bundle(1), store=ModelStore(agent.store.root))
+    _settle(again)
+    assert again.handle.current.version == 2
+    assert again.machine.state is State.IDLE and again.store.current().version == 2
+    assert sha256_file(again.store.current().path / "model.onnx") == again.store.current().sha256
