@@ -7,14 +7,13 @@ is in the log, the job history and ``status()``.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agent.manager import ManagerPolicy
 from inference.fsio import sha256_file
@@ -44,7 +43,7 @@ def _contiguous(rows: list[tuple[int, int, float]]) -> None:
 
 def _switches(rows: list[tuple[int, int, float]]) -> list[tuple[int, int, int]]:
     """(frame index, from version, to version) at every change of version."""
-    return [(b[0], a[1], b[1]) for a, b in zip(rows, rows[1:], strict=False) if a[1] != b[1]]
+    return [(b[0], a[1], b[1]) for a, b in itertools.pairwise(rows) if a[1] != b[1]]
 
 
 def _assert_rejected(agent: Any, words: str, serving: int = 1) -> None:
