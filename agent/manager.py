@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 SWAP_POLICIES = ("availability", "memory")
 RECENT = 256  # frames of the serving model kept for the probation comparison
 LIVE_FRAMES = 4  # recent frames handed to validation
+REJECTED_KEEP = 5  # refused drops kept in incoming/.rejected/ for a look
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,13 @@ def _ref(v: StoredVersion | None) -> VersionRef | None:
     if v is None:
         return None
     return VersionRef(v.name, v.version, v.sha256, v.ref, v.release_counter)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _serves(model: LoadedModel, v: StoredVersion) -> bool:
@@ -500,8 +509,10 @@ class ModelManager:
             try:
                 stored = self.store.import_bundle(job.path, job.job_id)
             except EdgeAgentError as err:
+                self._dispose(job.path, rejected=True)
                 self._fail(f"rejected {job.path.name}: {err}")
                 return
+            self._dispose(job.path, rejected=False)
             refusal = self._refusal(stored, job.explicit)
             if refusal:
                 self._fail(refusal)
@@ -520,6 +531,26 @@ class ModelManager:
             return
         self._advance(Event.ACTIVATED)
         self._probation_step(resumed=False)
+
+    def _dispose(self, path: Path, *, rejected: bool) -> None:
+        """Clear a handled drop from ``incoming/``: removed once the store holds a copy,
+        moved to ``incoming/.rejected/`` (hidden from the watcher) when it was refused."""
+        incoming = self.store.incoming_dir
+        try:
+            if path.resolve().parent != incoming.resolve():
+                return  # not a drop: leave other people's files alone
+            if rejected:
+                aside = incoming / ".rejected"
+                aside.mkdir(exist_ok=True)
+                dest = aside / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+                os.replace(path, dest)
+                kept = sorted(aside.iterdir(), key=lambda p: p.stat().st_mtime)
+                for old in kept[:-REJECTED_KEEP]:
+                    _remove(old)
+            else:
+                _remove(path)
+        except OSError as err:
+            log.warning("could not clear %s from %s: %s", path.name, incoming, err)
 
     def _refusal(self, stored: StoredVersion, explicit: bool) -> str | None:
         cur = self.store.current()

@@ -283,3 +283,21 @@ def test_restart_resumes_probation_then_commits(
     assert again.handle.current.version == 2
     assert again.machine.state is State.IDLE and again.store.current().version == 2
     assert sha256_file(again.store.current().path / "model.onnx") == again.store.current().sha256
+
+
+def test_handled_drops_leave_incoming(classifier_bundle: Make, in_process_agent: Start) -> None:
+    import shutil
+
+    agent = in_process_agent(classifier_bundle(1))
+    incoming = agent.store.incoming_dir
+    good = shutil.copytree(classifier_bundle(2), incoming / "good")
+    agent.manager.submit(good)
+    _settle(agent)
+    assert not good.exists() and agent.handle.current.version == 2
+    bad = shutil.copytree(classifier_bundle(3), incoming / "bad")
+    (bad / "model.onnx").write_bytes(b"tampered")
+    agent.manager.submit(bad)
+    _settle(agent)
+    assert not bad.exists()
+    assert [p.name.split(".")[0] for p in (incoming / ".rejected").iterdir()] == ["bad"]
+    assert agent.handle.current.version == 2
