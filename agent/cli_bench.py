@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise ConfigError(
             "no model given: edge-agent bench MODEL_OR_BUNDLE (a bundle, a .onnx/.tflite file or a zoo name)"
         )
-    target = resolve_target(args.model)
+    target = resolve_target(args.model, args.runtime)
     kinds = runtime_kinds(target, args.runtime)
     model_arg = str(target.bundle_root or target.model_path)
     results: list[BenchResult] = []

@@ -222,8 +222,10 @@ class Target:
     manifest: Any = None  # inference.bundle.Manifest when the bundle module is present
 
 
-def resolve_target(spec: str | Path) -> Target:
+def resolve_target(spec: str | Path, runtime: str | None = None) -> Target:
     """A bundle folder, a bare ``.onnx``/``.tflite`` file, or a zoo model name.
+
+    ``runtime`` (onnx | tflite) names the format of a bare file whose suffix does not.
 
     Raises ``BundleError`` / ``ConfigError`` naming the problem and what to do.
     """
@@ -240,7 +242,7 @@ def resolve_target(spec: str | Path) -> Target:
                 f"give a .onnx/.tflite file, a bundle folder or one of {', '.join(zoo.NAMES)}"
             )
     if path.is_file():  # a bare model file: no manifest needed to time it
-        fmt = _format_of(path)
+        fmt = _format_of(path, runtime)
         return Target(path.stem, path, fmt, None, None)
     from inference.bundle import open_bundle
 
@@ -251,10 +253,12 @@ def resolve_target(spec: str | Path) -> Target:
     return Target(name, model_path, fmt, None if bundle.bare else Path(bundle.root), bundle.manifest)
 
 
-def _format_of(path: Path) -> str:
-    from inference.runtime import runtime_kind_for
+def _format_of(path: Path, runtime: str | None = None) -> str:
+    """The format by suffix; ``runtime`` only names it for a file whose suffix does not."""
+    from inference.runtime import SUFFIXES, runtime_kind_for
 
-    return runtime_kind_for(path)
+    known = SUFFIXES.get(path.suffix.lower())
+    return known if known is not None else runtime_kind_for(path, runtime)
 
 
 def runtime_kinds(target: Target, runtime: str) -> list[str]:
@@ -533,7 +537,7 @@ def run_bench(
         raise ConfigError(f"--warmup {warmup}: give 0 or more warm-up runs")
     if threads < 1:
         raise ConfigError(f"--threads {threads}: give a positive number of threads")
-    target = model if isinstance(model, Target) else resolve_target(model)
+    target = model if isinstance(model, Target) else resolve_target(model, kind)
     kind = runtime_kinds(target, kind)[0]
     _import_engine(kind)
     opts = options or RuntimeOptions()

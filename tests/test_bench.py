@@ -773,3 +773,20 @@ def test_tiny_tflite_integer_feeds_and_cli(
     assert code == 0, err
     rows = json.loads(out)["results"]
     assert [r["threads"] for r in rows] == [1, 2] and all(r["input_shapes"] == [[1, 32, 32, 3]] for r in rows)
+
+
+def test_progress_bar_and_runtime_flag_for_an_odd_suffix(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    show = bench._stderr_progress("conv onnx threads=1")
+    show(15, 30)
+    show(40, 0)
+    err = capsys.readouterr().err
+    assert "\r  conv onnx threads=1  [" + "#" * 15 + "." * 15 + "] 15/30" in err and "40 runs" in err
+    odd = tmp_path / "conv.bin"
+    odd.write_bytes(models["conv"].read_bytes())
+    code, out, err = _cli([str(odd), "--runtime", "onnx", "--runs", "2", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["runtime"] == "onnx"
+    code, _, err = _cli([str(odd), "--runs", "2"], capsys)
+    assert code == 1 and "cannot tell the model format" in err
