@@ -219,7 +219,8 @@ class ModelManager:
         self._crash_at = os.environ.get("EDGE_AGENT_CRASH_AT", "").upper()
         self.last_job: dict[str, Any] = {}
         self.last_gap_ms: float | None = None
-        self.last_rollback_ms: float | None = None
+        self.last_rollback_ms: float | None = None  # the swap back itself, on the inference thread
+        self.last_decision_at: float | None = None  # time.monotonic() of the last probation verdict
         self.busy = threading.Event()  # set while a job runs (tests and benchmarks wait on it)
 
     # ------------------------------------------------------------------ persisted transitions
@@ -856,6 +857,7 @@ class ModelManager:
 
     def _rollback_now(self, p: _Probation, reason: str) -> None:
         t0 = time.perf_counter()
+        self.last_decision_at = time.monotonic()
         self._reject_probation(p, reason)
         self.last_rollback_ms = (time.perf_counter() - t0) * 1000.0
 
