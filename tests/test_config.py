@@ -150,3 +150,15 @@ def test_default_paths() -> None:
         "/etc/edge-agent/agent.toml"
     )
     assert default_config_path({"HOME": "/h"}) == Path("/h/.config/edge-agent/agent.toml")
+
+
+def test_the_example_in_docs_deploy_is_a_valid_config() -> None:
+    import re
+
+    from agent.config import tomllib  # tomli on Python 3.10
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert block is not None
+    cfg = parse_config(tomllib.loads(block.group(1)), "docs/deploy.md")
+    assert cfg.model == "blazeface" and cfg.source == "/dev/video0" and cfg.probation.frames == 300
