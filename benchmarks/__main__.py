@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import os
 import pkgutil
 import shlex
 import sys
@@ -85,6 +86,13 @@ def run_all(
     return results, samples
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
@@ -127,10 +135,13 @@ def plot(samples: dict[str, list[float]], title: str, path: Path) -> Path:
 def markdown(doc: dict[str, Any], plots: dict[str, str]) -> str:
     """The results as markdown: the §9 targets table, then each benchmark's latencies and notes."""
     m = doc["machine"]
+    load = doc.get("load_average") or {}
     lines = [
         f"Measured {doc['date']} on {m['cpu']} ({m['arch']}, {m['cores']} cores, "
         f"{m.get('memory_mb') or '?'} MB), {m['os']}, Python {m['python']}, numpy {m['numpy']}; "
-        f"git {doc.get('git') or '?'}{' (quick run)' if doc['quick'] else ''}.",
+        f"git {doc.get('git') or '?'}{' (quick run)' if doc['quick'] else ''}. "
+        f"1-minute load average {load.get('start')} at the start, {load.get('end')} at the end "
+        f"(anything above 0 is other work sharing the CPUs).",
         "",
         f"Command: `{doc['command']}`",
         "",
@@ -205,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     command = "python -m benchmarks" + (" " + shlex.join(given) if given else "")
     today = dt.date.today()
+    load_start = _loadavg()
     results, samples = run_all(modules, args.quick)
     doc: dict[str, Any] = {
         "date": today.isoformat(),
@@ -212,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_revision(),
         "command": command,
         "quick": args.quick,
+        "load_average": {"start": load_start, "end": _loadavg()},  # 1-minute: others sharing the CPUs
         "benchmarks": results,
     }
     if "bench_vs_plain" in results.get("bench_vs_plain", {}):
