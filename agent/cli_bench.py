@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     threads = parse_threads(args.threads)
     parse_shapes(args.shape)
     _check_counts(args)
-    progress = bool(err.isatty()) and not args.json
+    progress = bool(err.isatty())  # stderr only: stdout stays a clean table or JSON document
     if args.compare is not None:
         if args.model is not None:
             raise ConfigError("give either MODEL or --compare A B, not both")
