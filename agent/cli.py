@@ -25,12 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, cli_models
 from agent.config import LOG_LEVELS, RUNTIMES, Config, apply_overrides, load_config
 from inference.errors import ConfigError, EdgeAgentError
 
-# Modules whose register(subparsers) adds subcommands; a module that does not exist yet is skipped.
-EXTENSIONS = ("agent.cli_models", "agent.cli_control", "agent.cli_bench")
+# Further modules whose register(subparsers) adds subcommands (agent.cli_models is always there);
+# a module that does not exist (yet) is skipped.
+EXTENSIONS = ("agent.cli_control", "agent.cli_bench")
 
 # `run` flags that map onto Config keys (dest == key). Issue 3 adds --models-dir and --control here.
 RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -114,6 +115,7 @@ def build_parser(extensions: Sequence[str] = EXTENSIONS) -> argparse.ArgumentPar
     check.add_argument("path", metavar="PATH")
     check.set_defaults(func=cmd_config_check)
 
+    cli_models.register(sub)
     for name in extensions:
         register = _load_register(name)
         if register is None:

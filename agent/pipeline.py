@@ -71,9 +71,11 @@ class FrameQueue:
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
+        self._low = maxsize // 2  # a waiting producer is woken when the queue drains to this
         self._items: deque[Frame] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        self._producer_waiting = False
 
     def put_latest(self, frame: Frame) -> int:
         """Queue ``frame``, dropping the oldest frames to make room; returns how many were dropped."""
@@ -90,11 +92,14 @@ class FrameQueue:
         """Queue ``frame``, waiting for room; ``False`` if the queue was closed meanwhile."""
         with self._cond:
             while len(self._items) >= self.maxsize and not self._closed:
+                self._producer_waiting = True
                 self._cond.wait(0.5)
+                self._producer_waiting = False
             if self._closed:
                 return False
             self._items.append(frame)
-            self._cond.notify_all()
+            if len(self._items) == 1:
+                self._cond.notify()  # the consumer may be waiting on an empty queue
             return True
 
     def get(self, timeout: float) -> object:
@@ -104,7 +109,8 @@ class FrameQueue:
                 self._cond.wait(timeout)
             if self._items:
                 frame = self._items.popleft()
-                self._cond.notify_all()
+                if self._producer_waiting and len(self._items) <= self._low:
+                    self._cond.notify()  # refill in bursts: fewer thread switches per frame
                 return frame
             return _END if self._closed else _EMPTY
 

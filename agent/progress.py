@@ -131,6 +131,7 @@ class Progress:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
         if self.line is not None:
+            self.line.draw(format_line(self.stats()))  # the final figures stay on screen
             self.line.finish()
 
 
