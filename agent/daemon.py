@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from agent.config import LIVE_KEYS, Config, apply_overrides, changed_keys, load_config
 from agent.handle import ModelHandle
@@ -41,6 +41,9 @@ from agent.source import Source, open_source
 from inference.errors import BundleError, ConfigError, EdgeAgentError
 from inference.runtime import RuntimeOptions
 from monitoring.metrics_store import MetricsStore
+
+if TYPE_CHECKING:
+    from inference.model import LoadedModel
 
 log = logging.getLogger("agent")
 
@@ -187,7 +190,7 @@ class Daemon:
                 {"model": model.name, "version": model.version, "sha256": model.sha256, "source": cfg.source},
             )
 
-    def _load_model(self, spec: str) -> Any:
+    def _load_model(self, spec: str) -> LoadedModel:
         from inference.model import load_model
 
         options = RuntimeOptions(threads=self.config.threads, providers=self.config.providers)

@@ -93,10 +93,11 @@ def test_zoo_name_as_model(tmp_path: Path, zoo_bundle: Callable[[str], Path]) ->
 
 
 @pytest.mark.models
-def test_demo_without_a_terminal_logs_plain_lines(tmp_path: Path, zoo_bundle: Callable[[str], Path]) -> None:
-    zoo_bundle("blazeface")
-    zoo_bundle_image = zoo_bundle  # the astronaut image comes with the same fetch
-    assert zoo_bundle_image
+def test_demo_without_a_terminal_logs_plain_lines(
+    tmp_path: Path, zoo_bundle: Callable[[str], Path], zoo_image: Callable[[str], object]
+) -> None:
+    zoo_bundle("blazeface")  # fetched (or skipped when offline) before the subprocess needs them
+    zoo_image("astronaut.png")
     res = run_agent(["run", "--max-frames", "30"], tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,10 @@ def test_default_paths() -> None:
 def test_the_example_in_docs_deploy_is_a_valid_config() -> None:
     import re
 
-    from agent.config import tomllib  # tomli on Python 3.10
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
     block = re.search(r"```toml\n(.*?)```", text, re.S)

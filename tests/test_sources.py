@@ -155,7 +155,7 @@ def test_empty_folder_cannot_open(tmp_path: Path) -> None:
 
 
 def write_video(path: Path, n: int, size: tuple[int, int] = (64, 48)) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, size)
     assert writer.isOpened()
     for i in range(n):
         writer.write(numbered(i * 20, (size[1], size[0])))
