@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -84,8 +84,8 @@ class DemoSource:
         width: int = 640,
         height: int = 480,
         fps: float = 30.0,
-        sleep: Any = time.sleep,
-        clock: Any = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         asset_root: Path | None = None,
     ) -> None:
         self.spec = spec
@@ -222,7 +222,11 @@ class DemoSource:
 
 
 def parse_demo_spec(
-    spec: str, *, sleep: Any = time.sleep, clock: Any = time.monotonic, asset_root: Path | None = None
+    spec: str,
+    *,
+    sleep: Callable[[float], object] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    asset_root: Path | None = None,
 ) -> DemoSource:
     """A ``DemoSource`` for ``demo[:faces|:text][:WxH][@FPS]``; ``SourceError`` for anything else."""
     m = _SPEC.match(spec)

@@ -41,6 +41,7 @@ Sleep = Callable[[float], object]  # time.sleep, or threading.Event.wait (interr
 Clock = Callable[[], float]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+STREAM_TIMEOUT_MS = 10_000  # open and read time-outs for network streams
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE)
 _SYNTHETIC = re.compile(r"^synthetic:(\d+)x(\d+)(?:@(\d+(?:\.\d+)?))?(,live)?$")
 
@@ -129,7 +130,16 @@ class CaptureSource:
         import cv2
 
         try:
-            cap = cv2.VideoCapture(self._target, self._api())
+            if self.kind == "stream":  # a stalled stream must fail (and be reopened), not block forever
+                timeouts = [
+                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                    STREAM_TIMEOUT_MS,
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                    STREAM_TIMEOUT_MS,
+                ]
+                cap = cv2.VideoCapture(self._target, self._api(), timeouts)
+            else:
+                cap = cv2.VideoCapture(self._target, self._api())
             if cap.isOpened() and self.kind == "camera":
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the newest frame, not a backlog
         except cv2.error as err:
