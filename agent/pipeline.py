@@ -7,8 +7,9 @@
   block on a small queue, so no index is ever skipped.
 - The inference loop reads ``handle.current`` ONCE per frame and uses that model for the
   whole frame, so a swap (an assignment on the handle) always falls between two frames.
-  A model whose ``infer`` raises is counted in ``errors`` and logged (rate-limited); the
-  loop goes on. Results go to every sink; a failing sink is counted in ``sink_errors``.
+  A model whose ``infer`` raises is counted in ``errors``, passed to the ``on_error`` hook
+  (the model manager's probation) and logged (rate-limited); the loop goes on. Results go
+  to every sink; a failing sink is counted in ``sink_errors``.
 - ``heartbeat`` is the monotonic time the loop last proved alive: a frame done, or an idle
   wait for the next frame that timed out (``idle_tick``). A loop stuck inside ``infer``
   stops the heartbeat, and the systemd watchdog (agent/notify.py) stops pinging.

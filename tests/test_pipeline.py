@@ -80,6 +80,22 @@ def test_model_that_raises_is_counted_and_the_loop_goes_on(caplog: pytest.LogCap
     assert len(errors) == 1 and "fake failure on call 3" in errors[0].getMessage()  # rate-limited
 
 
+def test_on_error_hook_sees_each_failed_frame_and_cannot_stop_the_loop() -> None:
+    model = FakeModel(fail_on=[1, 2])
+    pipe, _, sink = make(FakeSource(5), model)
+    seen: list[tuple[int, object, str]] = []
+
+    def hook(frame: Frame, m: object, err: BaseException) -> None:
+        seen.append((frame.index, m, str(err)))
+        raise ValueError("a broken hook")
+
+    pipe.on_error = hook
+    stats = pipe.run()
+    assert [(i, m) for i, m, _ in seen] == [(1, model), (2, model)]
+    assert "fake failure on call 1" in seen[0][2]
+    assert stats.frames == 3 and stats.errors == 2 and len(sink.records) == 3
+
+
 def test_max_frames() -> None:
     pipe, _, sink = make(FakeSource(None), max_frames=7)
     assert pipe.run().frames == 7
