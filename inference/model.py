@@ -25,6 +25,7 @@ import numpy.typing as npt
 from inference.bundle import Bundle, open_bundle
 from inference.decoders import Decoder, make_decoder
 from inference.errors import BundleError
+from inference.geometry import Transform
 from inference.preprocess import InputSpec, Preprocessor, resolve_input_spec
 from inference.result import Result
 from inference.runtime import Runtime, RuntimeOptions, TensorInfo, load_runtime
@@ -83,11 +84,23 @@ class LoadedModel:
         with self._lock:
             t0 = time.perf_counter()
             x, t = self.preprocessor(image, out=self._buf)
-            outputs = dequantise(self.runtime.run([x]), self._plan)
-            result = self.decoder(outputs, t)
-            # one reduction per output: NaN or Inf anywhere makes the sum non-finite
-            result.finite = all(math.isfinite(float(o.sum(dtype=np.float64))) for o in outputs)
+            result = self.decode(self.runtime.run([x]), t)
             result.latency_ms = (time.perf_counter() - t0) * 1000.0
+        return result
+
+    def run_prepared(self, x: Array) -> list[Array]:
+        """``runtime.run`` on an input made beforehand by a ``Preprocessor`` of this model's
+        ``spec`` (the agent's pipeline preprocesses on its capture thread): the raw outputs."""
+        with self._lock:
+            return self.runtime.run([x])
+
+    def decode(self, outputs: list[Array], t: Transform) -> Result:
+        """Dequantise and decode raw outputs (sets ``finite``, not ``latency_ms``). Uses no
+        runtime, so it may run on another thread while the next frame runs."""
+        outs = dequantise(outputs, self._plan)
+        result = self.decoder(outs, t)
+        # one reduction per output: NaN or Inf anywhere makes the sum non-finite
+        result.finite = all(math.isfinite(float(o.sum(dtype=np.float64))) for o in outs)
         return result
 
     def run_outputs(self, image: npt.NDArray[np.uint8]) -> list[Array]:
