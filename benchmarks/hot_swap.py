@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import itertools
 import json
 import os
@@ -58,7 +59,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.common import RESULTS_DIR, median, result_stem, rss_mb, summarize, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    git_revision,
+    machine_info,
+    median,
+    result_stem,
+    rss_mb,
+    summarize,
+    write_json,
+)
 from inference.bench import _read_proc_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -740,7 +750,12 @@ def main(argv: list[str] | None = None) -> int:
             res = measure_policy(args.policy, bundles, args.quick)
         print(json.dumps(res) if args.json else json.dumps(res, indent=2))
         return 0
+    load_before = os.getloadavg()[0]
     result = run(args.quick)
+    result["machine"] = machine_info()
+    result["git"] = git_revision()
+    result["date"] = dt.date.today().isoformat()
+    result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # start, end
     samples = result.pop("latency_ms")
     result["latency_ms"] = {k: summarize(v) for k, v in samples.items() if v}
     path = write_json(RESULTS_DIR / f"hot_swap-{result_stem()}.json", result)
