@@ -668,6 +668,13 @@ def _targets(policy: str, res: dict[str, Any]) -> list[dict[str, Any]]:
         _target(f"{policy}: rollback, decision → previous version's first result ÷ median frame interval",
                 intervals, "≤ 1" if policy == "availability" else "- (reload)",
                 (intervals is not None and intervals <= 1.0) if policy == "availability" else None),
+        # the figure above includes the wait for the source's next frame (≈ one interval at a
+        # paced source); these two say whether that very frame was served by the previous version
+        _target(f"{policy}: rollback, results served by the candidate after the decision",
+                rb["candidate_results_after_decision"], "0" if policy == "availability" else "-",
+                rb["candidate_results_after_decision"] == 0 if policy == "availability" else None),
+        _target(f"{policy}: rollback, that first frame of the previous version: ready → result, ms",
+                rb["previous_ready_to_result_ms"], "-", None),
     ]  # fmt: skip
     if policy == "availability":
         r = rss["added_over_footprint"]
