@@ -223,7 +223,7 @@ class Daemon:
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         if self.pipeline is not None:
-            self.pipeline.call_between_frames(self.reload)
+            self.pipeline.call_between_results(self.reload)
 
     def reload(self) -> None:
         """Re-read the config file; apply the live keys, log the ones that need a restart."""
@@ -262,7 +262,7 @@ class Daemon:
             )
 
     def _swap_results(self, target: str | None) -> bool:
-        """Replace the results sink (runs between frames, on the inference thread)."""
+        """Replace the results sink (runs on the results thread, between two results)."""
         try:
             new = JsonlSink(target) if target else None
         except EdgeAgentError as err:

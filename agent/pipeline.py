@@ -1,21 +1,30 @@
-"""``Pipeline``: capture thread → bounded queue → inference loop (calling thread) → sinks.
+"""``Pipeline``: capture thread → bounded queue → inference loop (calling thread) → results thread → sinks.
 
 - The capture thread reads the source (wrapped in ``Reconnecting``: a dead stream is
   reopened with back-off, never a crash), stamps each image as ``Frame(index, ts, image)``
   and queues it. Live sources use a one-slot queue where the latest frame wins and every
   replaced frame is counted in ``dropped``; lossless sources (files, folders, synthetic)
-  block on a small queue, so no index is ever skipped.
+  block on a small queue, so no index is ever skipped. For a ``LoadedModel`` it also
+  preprocesses the frame for the model serving at that moment (with its own
+  ``Preprocessor``), so preprocessing overlaps the runtime.
 - The inference loop reads ``handle.current`` ONCE per frame and uses that model for the
   whole frame, so a swap (an assignment on the handle) always falls between two frames.
-  A model whose ``infer`` raises is counted in ``errors``, passed to the ``on_error`` hook
-  (the model manager's probation) and logged (rate-limited); the loop goes on. Results go
-  to every sink; a failing sink is counted in ``sink_errors``.
-- ``heartbeat`` is the monotonic time the loop last proved alive: a frame done, or an idle
-  wait for the next frame that timed out (``idle_tick``). A loop stuck inside ``infer``
-  stops the heartbeat, and the systemd watchdog (agent/notify.py) stops pinging.
-- ``request_stop()`` is safe in a signal handler: the loop finishes the current frame,
-  flushes the sinks and returns. ``call_between_frames(fn)`` runs ``fn`` on the loop's
-  thread between two frames (config reloads, sink changes).
+  It runs the runtime on the prepared input when that input was made for this very model,
+  else the whole ``infer`` (the frames in flight across a swap). Nothing else happens on
+  this thread, so the runtime is kept busy.
+- The results thread decodes (``LoadedModel.decode``), writes every sink and keeps the
+  counters, in frame order. A model that raises (in the runtime or the decoder) is counted
+  in ``errors``, passed to the ``on_error`` hook (the model manager's probation) and logged
+  (rate-limited); the loop goes on. A failing sink is counted in ``sink_errors``.
+- ``heartbeat`` is the monotonic time the inference loop last proved alive: a frame run, or
+  an idle wait for the next frame that timed out (``idle_tick``). A loop stuck inside a
+  model stops the heartbeat, and the systemd watchdog (agent/notify.py) stops pinging; a
+  stuck sink does too, once the results queue is full.
+- ``request_stop()`` is safe in a signal handler: the frame being run is finished and its
+  result written, the sinks are flushed, ``run`` returns. ``call_between_frames(fn)`` runs
+  ``fn`` on the inference thread between two frames (model swaps);
+  ``call_between_results(fn)`` runs it on the results thread between two results (sink
+  changes, config reloads).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 LOSSLESS_QUEUE = 4  # frames decoded ahead of inference on lossless sources
+RESULTS_QUEUE = 4  # frames run but not yet decoded and written
 LATENCY_WINDOW = 512  # frames kept for the latency percentiles
 FPS_WINDOW_S = 5.0  # seconds over which fps is measured
 
@@ -68,17 +78,18 @@ _END = object()
 
 
 class FrameQueue:
-    """A bounded frame queue: ``put_latest`` (live, drops the oldest) or ``put`` (blocking)."""
+    """A bounded hand-off queue between two threads: ``put_latest`` (live: drops the oldest)
+    or ``put`` (blocking). Items are frames or the pipeline's in-flight tuples."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._low = maxsize // 2  # a waiting producer is woken when the queue drains to this
-        self._items: deque[Frame] = deque()
+        self._items: deque[Any] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._producer_waiting = False
 
-    def put_latest(self, frame: Frame) -> int:
+    def put_latest(self, frame: Any) -> int:
         """Queue ``frame``, dropping the oldest frames to make room; returns how many were dropped."""
         with self._cond:
             dropped = 0
@@ -89,7 +100,7 @@ class FrameQueue:
             self._cond.notify_all()
             return dropped
 
-    def put(self, frame: Frame) -> bool:
+    def put(self, frame: Any) -> bool:
         """Queue ``frame``, waiting for room; ``False`` if the queue was closed meanwhile."""
         with self._cond:
             while len(self._items) >= self.maxsize and not self._closed:
@@ -103,7 +114,7 @@ class FrameQueue:
                 self._cond.notify()  # the consumer may be waiting on an empty queue
             return True
 
-    def get(self, timeout: float) -> object:
+    def get(self, timeout: float) -> Any:
         """A ``Frame``, or ``_END`` once closed and empty, or ``_EMPTY`` after ``timeout`` seconds."""
         with self._cond:
             if not self._items and not self._closed:
@@ -154,7 +165,10 @@ class PipelineStats:
 
 
 class Pipeline:
-    """See the module docstring. ``source`` must already be open (``open`` errors are the caller's)."""
+    """See the module docstring. ``source`` must already be open (``open`` errors are the caller's).
+
+    ``prepare=False`` keeps all of a frame's work on the inference thread (``model.infer``).
+    """
 
     def __init__(
         self,
@@ -168,12 +182,14 @@ class Pipeline:
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
         sleep: Callable[[float], object] | None = None,
+        prepare: bool = True,
     ) -> None:
         self.handle = handle
         self.sinks: list[Sink] = list(sinks)
         self.max_frames = max_frames
         self.idle_tick = idle_tick
         self.live = source.live
+        self.prepare = prepare
         self._clock = clock
         self._wall = wall
         self._stop = threading.Event()
@@ -188,13 +204,20 @@ class Pipeline:
             on_status=self._on_source_status,
         )
         self.queue = FrameQueue(1 if source.live else LOSSLESS_QUEUE)
+        self.results = FrameQueue(RESULTS_QUEUE)
         self._calls: deque[Callable[[], object]] = deque()
+        self._result_calls: deque[Callable[[], object]] = deque()
         self._thread: threading.Thread | None = None
+        self._results_thread: threading.Thread | None = None
+        self._pre: tuple[Any, Any] | None = None  # (model, its Preprocessor) of the capture thread
         self.capture_error: BaseException | None = None
+        self.results_error: BaseException | None = None
         # counters: written by one thread each, read by anyone
-        self.frames = 0
-        self.errors = 0
-        self.dropped = 0
+        self.frames = 0  # results written (results thread)
+        self.errors = 0  # frames whose model raised (results thread)
+        self.processed = 0  # frames run (inference thread)
+        self.prepared = 0  # frames run on an input preprocessed by the capture thread
+        self.dropped = 0  # capture thread
         self.captured = 0
         self.sink_errors = 0
         self.last_detections = 0
@@ -202,7 +225,7 @@ class Pipeline:
         self.heartbeat = clock()
         self._latency = [0.0] * LATENCY_WINDOW
         self._done: deque[float] = deque(maxlen=2048)
-        # called on the inference thread when a model's infer raised (the ModelManager's probation)
+        # called on the results thread when a model raised on a frame (the ModelManager's probation)
         self.on_error: Callable[[Frame, Any, BaseException], None] | None = None
         self._error_log = RateLimitedLog(log, clock=clock)
         self._sink_log = RateLimitedLog(log, clock=clock)
@@ -227,10 +250,29 @@ class Pipeline:
         """Run ``fn`` on the inference thread before the next frame (thread- and signal-safe)."""
         self._calls.append(fn)
 
+    def call_between_results(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the results thread before the next result is written (thread- and
+        signal-safe): the place to change ``sinks``."""
+        self._result_calls.append(fn)
+
     def _on_source_status(self, text: str) -> None:
         self.source_status = text if text != "source reopened" else "ok"
 
     # ------------------------------------------------------------------ capture thread
+
+    def _prepare(self, image: Any) -> tuple[Any, Any, Any, float]:
+        """Preprocess ``image`` for the model serving now: (model, input, transform, ms)."""
+        model = self.handle.current
+        if self._pre is None or self._pre[0] is not model:
+            self._pre = None
+            if not (hasattr(model, "run_prepared") and hasattr(model, "decode")):
+                return None, None, None, 0.0  # not a LoadedModel: infer() does it all
+            from inference.preprocess import Preprocessor
+
+            self._pre = (model, Preprocessor(model.spec, model.runtime.inputs[0]))
+        t0 = self._clock()
+        x, t = self._pre[1](image)
+        return model, x, t, (self._clock() - t0) * 1000.0
 
     def _capture(self) -> None:
         index = 0
@@ -243,9 +285,17 @@ class Pipeline:
                 frame = Frame(index, wall(), image)
                 index += 1
                 self.captured = index
+                model = x = t = None
+                pre_ms = 0.0
+                if self.prepare:
+                    try:
+                        model, x, t, pre_ms = self._prepare(image)
+                    except Exception:  # the inference thread's infer() reports it
+                        model = None
+                item = (frame, model, x, t, pre_ms)
                 if live:
-                    self.dropped += queue.put_latest(frame)
-                elif not queue.put(frame):
+                    self.dropped += queue.put_latest(item)
+                elif not queue.put(item):
                     break
         except BaseException as err:  # a bug in a source: end the run, the caller reports it
             self.capture_error = err
@@ -255,90 +305,131 @@ class Pipeline:
 
     # ------------------------------------------------------------------ inference loop
 
-    def _run_calls(self) -> None:
-        while self._calls:
-            fn = self._calls.popleft()
+    def _run_calls(self, calls: deque[Callable[[], object]]) -> None:
+        while calls:
+            fn = calls.popleft()
             try:
                 fn()
             except Exception:
-                log.exception("between-frames call %r failed", fn)
+                log.exception("call %r between frames failed", fn)
 
     def run(self) -> PipelineStats:
         """Serve frames until the source ends, ``max_frames`` is reached or a stop is requested."""
         self.started = self.heartbeat = self._clock()
+        self._results_thread = threading.Thread(target=self._write_results, name="results", daemon=True)
+        self._results_thread.start()
         self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
         self._thread.start()
-        handle, sinks, queue, clock = self.handle, self.sinks, self.queue, self._clock
-        latency, done = self._latency, self._done
-        processed = 0
+        handle, queue, results, clock, calls = self.handle, self.queue, self.results, self._clock, self._calls
         try:
             while not self._stopping:
-                if self._calls:
-                    self._run_calls()
-                    sinks = self.sinks
+                if calls:
+                    self._run_calls(calls)
                 item = queue.get(self.idle_tick)
                 if item is _EMPTY:
                     self.heartbeat = clock()
                     continue
                 if item is _END:
                     break
-                assert isinstance(item, Frame)
+                frame, prepared_for, x, t, pre_ms = item
                 model = handle.current  # read once: this model serves this whole frame
                 t0 = clock()
                 try:
-                    result = model.infer(item.image)
+                    if prepared_for is model:
+                        out: tuple[Any, ...] = ("raw", frame, model, model.run_prepared(x), t, pre_ms, t0)
+                        self.prepared += 1
+                    else:
+                        out = ("result", frame, model, model.infer(frame.image), None, 0.0, t0)
                 except Exception as err:
-                    self.errors += 1
-                    if self.on_error is not None:
-                        try:
-                            self.on_error(item, model, err)
-                        except Exception:
-                            log.exception("the on_error hook failed")
-                    self._error_log(
-                        logging.ERROR,
-                        "%s v%s failed on frame %d: %r",
-                        model.name,
-                        model.version,
-                        item.index,
-                        err,
-                    )
-                    self.heartbeat = clock()
-                    processed += 1
-                    if self.max_frames is not None and processed >= self.max_frames:
-                        break
+                    out = ("error", frame, model, err, None, 0.0, t0)
+                self.heartbeat = clock()
+                self.processed += 1
+                if not results.put(out):
+                    break  # the results thread ended
+                if self.max_frames is not None and self.processed >= self.max_frames:
+                    break
+        finally:
+            self._finish()
+        return self.stats()
+
+    # ------------------------------------------------------------------ results thread
+
+    def _write_results(self) -> None:
+        results, clock, calls = self.results, self._clock, self._result_calls
+        latency, done = self._latency, self._done
+        try:
+            while True:
+                if calls:
+                    self._run_calls(calls)
+                item = results.get(0.5)
+                if item is _EMPTY:
                     continue
-                now = clock()
-                ms = result.latency_ms or (now - t0) * 1000.0
-                for sink in sinks:
+                if item is _END:
+                    break
+                kind, frame, model, value, t, pre_ms, t0 = item
+                if kind == "raw":
                     try:
-                        sink.write(item, result, model)
+                        result = model.decode(value, t)
+                    except Exception as err:
+                        self._failed(frame, model, err)
+                        continue
+                    now = clock()
+                    result.latency_ms = pre_ms + (now - t0) * 1000.0
+                elif kind == "result":
+                    result = value
+                    now = clock()
+                    if not result.latency_ms:
+                        result.latency_ms = (now - t0) * 1000.0
+                else:
+                    self._failed(frame, model, value)
+                    continue
+                for sink in self.sinks:
+                    try:
+                        sink.write(frame, result, model)
                     except SinkClosed as err:
                         log.info("%s; stopping", err)
                         self._stopping = True
                     except Exception as err:
                         self.sink_errors += 1
                         self._sink_log(logging.WARNING, "sink %s failed: %s", type(sink).__name__, err)
-                latency[self.frames % LATENCY_WINDOW] = ms
+                latency[self.frames % LATENCY_WINDOW] = result.latency_ms
                 self.frames += 1
                 self.last_detections = (
                     len(result.detections) if result.kind == "detections" else len(result.classes)
                 )
                 done.append(now)
-                self.heartbeat = now
-                processed += 1
-                if self.max_frames is not None and processed >= self.max_frames:
-                    break
+        except BaseException as err:  # a bug here must end the run, not hang it
+            self.results_error = err
+            self._stopping = True
+            log.exception("writing results failed")
         finally:
-            self._finish()
-        return self.stats()
+            results.close()
+            if calls:
+                self._run_calls(calls)
+
+    def _failed(self, frame: Frame, model: Any, err: BaseException) -> None:
+        self.errors += 1
+        if self.on_error is not None:
+            try:
+                self.on_error(frame, model, err)
+            except Exception:
+                log.exception("the on_error hook failed")
+        self._error_log(
+            logging.ERROR, "%s v%s failed on frame %d: %r", model.name, model.version, frame.index, err
+        )
 
     def _finish(self) -> None:
         self._stopping = True
         self._stop.set()
         self.queue.close()
         self.queue.clear()
+        self.results.close()  # the results thread writes what is queued, then ends
         if self._calls:
-            self._run_calls()
+            self._run_calls(self._calls)
+        if self._results_thread is not None:
+            self._results_thread.join(timeout=30.0)
+            if self._results_thread.is_alive():
+                log.warning("writing results did not finish within 30 s (a sink is stuck?)")
         for sink in self.sinks:
             try:
                 sink.flush()

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from agent.handle import ModelHandle
-from agent.pipeline import FrameQueue, Pipeline
+from agent.pipeline import RESULTS_QUEUE, FrameQueue, Pipeline
 from agent.sinks import JsonlSink, ListSink, SinkClosed, SqliteSink, result_record
 from agent.source import Backoff, Frame, Source
 from monitoring.metrics_store import MetricsStore
@@ -123,6 +123,81 @@ def test_model_is_read_once_per_frame_and_swaps_fall_between_frames() -> None:
     assert handle.swaps == 1
 
 
+def test_loaded_model_frames_are_preprocessed_ahead_and_match_infer(tiny_bundle: Path) -> None:
+    from inference.model import load_model
+
+    model = load_model(tiny_bundle)
+    pipe, _, sink = make(FakeSource(30), cast(Any, model))
+    stats = pipe.run()
+    assert pipe.prepared == 30 and stats.frames == 30
+    for i, record in enumerate(sink.records):
+        expected = model.infer(numbered(i))
+        assert record["classes"] == expected.payload()["classes"]
+        assert record["latency_ms"] > 0
+    model.close()
+
+
+def test_frames_prepared_for_the_old_model_are_redone_after_a_swap(
+    tiny_bundle: Path, tiny_models: dict[str, Path]
+) -> None:
+    from inference.model import load_model
+
+    class Slow:
+        """A LoadedModel that takes 2 ms a frame, so that prepared frames queue up."""
+
+        def __init__(self, model: Any) -> None:
+            self.model = model
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.model, name)
+
+        def run_prepared(self, x: Any) -> Any:
+            time.sleep(0.002)
+            return self.model.run_prepared(x)
+
+        def infer(self, image: Any) -> Any:
+            time.sleep(0.002)
+            return self.model.infer(image)
+
+    old_model, new_model = load_model(tiny_bundle), load_model(tiny_models["classifier"])  # v3 BGR, v0 RGB
+    assert old_model.spec != new_model.spec
+    old, new = Slow(old_model), Slow(new_model)
+
+    class Colours(FakeSource):
+        def read(self) -> Any:
+            image = super().read()
+            if image is not None:
+                image[..., 1] //= 2
+                image[..., 2] //= 3
+            return image
+
+    pipe, handle, sink = make(Colours(60), cast(Any, old))
+
+    class SwapAt(ListSink):
+        def write(self, frame: Frame, *args: Any) -> None:
+            if frame.index == 10:
+                handle.swap(cast(Any, new))  # frames prepared for `old` are in flight now
+            super().write(frame, *args)
+
+    pipe.sinks.append(SwapAt())
+    pipe.run()
+    records = sink.records
+    assert [r["frame"] for r in records] == list(range(60))
+    versions = [r["version"] for r in records]
+    k = versions.index(0)
+    assert set(versions[:k]) == {3} and set(versions[k:]) == {0} and k > 10
+    for i, record in enumerate(records):
+        model = old_model if record["version"] == 3 else new_model
+        image = numbered(i)
+        image[..., 1] //= 2
+        image[..., 2] //= 3
+        expected = model.infer(image).payload()
+        assert {k: record[k] for k in expected} == expected, i
+    assert pipe.prepared < 60  # the frames prepared for the old model were redone on the new one
+    old_model.close()
+    new_model.close()
+
+
 def test_call_between_frames_runs_on_the_loop() -> None:
     pipe, _, sink = make(FakeSource(None), max_frames=50)
     seen: list[int] = []
@@ -155,8 +230,8 @@ def test_sink_closed_ends_the_run() -> None:
     source = FakeSource(None)
     source.open()
     pipe = Pipeline(cast(Source, source), ModelHandle(cast(Any, FakeModel())), [Closing()], idle_tick=0.05)
-    stats = pipe.run()
-    assert stats.frames == 4
+    stats = pipe.run()  # ends although the source is endless
+    assert 4 <= stats.frames <= 4 + RESULTS_QUEUE + 2  # the frames already run are still written
 
 
 def test_source_dying_mid_run_is_reopened_not_a_crash() -> None:
