@@ -397,6 +397,7 @@ def run(
         stats.latency_p50_ms,
         stats.latency_p95_ms,
     )
-    if daemon.pipeline is not None and daemon.pipeline.capture_error is not None:
-        return 1
+    pipeline = daemon.pipeline
+    if pipeline is not None and (pipeline.capture_error is not None or pipeline.results_error is not None):
+        return 1  # a bug ended the run: let systemd restart it (Restart=on-failure)
     return 0
