@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, cli_models
-from agent.config import LOG_LEVELS, RUNTIMES, Config, apply_overrides, load_config
+from agent.config import LOG_LEVELS, RUNTIMES, SWAP_POLICIES, Config, apply_overrides, load_config
 from inference.errors import ConfigError, EdgeAgentError
 
 # Further modules whose register(subparsers) adds subcommands (agent.cli_models is always there);
@@ -59,6 +59,26 @@ RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--runtime", {"choices": RUNTIMES, "help": "runtime (default: auto, by file type)"}),
     ("--loop", {"action": "store_const", "const": True, "help": "replay a file or folder source at its end"}),
     ("--log-level", {"choices": LOG_LEVELS, "type": str.lower, "help": "log level (default: info)"}),
+    (
+        "--models-dir",
+        {
+            "metavar": "DIR",
+            "help": "model store root (versions, current/previous, update state); bundles dropped "
+            "into DIR/incoming/ are validated and hot-swapped in; --model seeds an empty store",
+        },
+    ),
+    (
+        "--control",
+        {
+            "metavar": "HOST:PORT",
+            "help": "serve the local control API (e.g. 127.0.0.1:8470 or unix:/run/x.sock)",
+        },
+    ),
+    ("--swap-policy", {"choices": SWAP_POLICIES, "help": "availability (default) or memory"}),
+    (
+        "--allow-downgrade",
+        {"action": "store_const", "const": True, "help": "let the drop folder install a lower version"},
+    ),
 )
 
 

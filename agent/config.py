@@ -64,6 +64,9 @@ class Config:
     models_dir: Path | None = None  # model store root (issue 3); its incoming/ is watched
     control: str | None = None  # local control API: HOST:PORT, PORT or unix:/path (issue 3)
     swap_policy: str = "availability"  # availability | memory (issue 3)
+    allow_downgrade: bool = (
+        False  # accept a lower version from the drop folder (explicit activation always may)
+    )
     probation: ProbationConfig = field(default_factory=ProbationConfig)
 
     def replace(self, **changes: Any) -> Config:
@@ -199,6 +202,7 @@ CHECKS: dict[str, Check] = {
     "models_dir": _path,
     "control": _control,
     "swap_policy": _choice(SWAP_POLICIES),
+    "allow_downgrade": _bool,
     "probation": _probation,
 }
 assert set(CHECKS) == {f.name for f in dataclasses.fields(Config)}, "CHECKS must cover every Config field"

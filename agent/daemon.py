@@ -31,7 +31,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from agent.config import LIVE_KEYS, Config, apply_overrides, changed_keys, load_config
+from agent.controller import ControlService, DaemonController
 from agent.handle import ModelHandle
+from agent.manager import ManagerPolicy, ModelManager
 from agent.notify import Notifier, Watchdog, watchdog_timeout
 from agent.paths import default_state_dir
 from agent.pipeline import Pipeline, PipelineStats
@@ -41,6 +43,10 @@ from agent.source import Source, open_source
 from inference.errors import BundleError, ConfigError, EdgeAgentError
 from inference.runtime import RuntimeOptions
 from monitoring.metrics_store import MetricsStore
+from ota.drop_folder import DropFolderWatcher
+from ota.job_history import JobHistory
+from ota.store import ModelStore
+from ota.update_machine import UpdateMachine
 
 if TYPE_CHECKING:
     from inference.model import LoadedModel
@@ -98,7 +104,7 @@ def demo_defaults(config: Config) -> tuple[Config, bool]:
     from inference import zoo
 
     demo = config.model is None and config.source is None
-    if config.model is None:
+    if config.model is None and not (config.models_dir is not None and config.source is not None):
         config = config.replace(model=zoo.DEFAULT_MODEL)
     if config.source is None:
         assert config.model is not None
@@ -137,6 +143,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.state_dir = config.state_dir or default_state_dir(self.env)
         self.handle: ModelHandle | None = None
+        self.manager: ModelManager | None = None
         self.source: Source | None = None
         self.pipeline: Pipeline | None = None
         self.store: MetricsStore | None = None
@@ -167,9 +174,16 @@ class Daemon:
                 f"cannot create the state folder {self.state_dir}: {err.strerror}; "
                 "use --state-dir or fix its permissions"
             ) from None
-        assert cfg.model is not None and cfg.source is not None
-        self.status(f"loading model {cfg.model}")
-        model = self._load_model(cfg.model)
+        assert cfg.source is not None
+        self._open_metrics()
+        if cfg.models_dir is not None:
+            self.status(f"opening the model store {cfg.models_dir}")
+            self.manager = self._make_manager(cfg.models_dir)
+            model = self.manager.boot(seed=resolve_model(cfg.model) if cfg.model else None)
+        else:
+            assert cfg.model is not None
+            self.status(f"loading model {cfg.model}")
+            model = self._load_model(cfg.model)
         self.handle = ModelHandle(model)
         log.info("model %s v%s loaded (sha256 %s)", model.name, model.version, model.sha256[:12])
         self.status(f"opening source {cfg.source}")
@@ -177,6 +191,8 @@ class Daemon:
         self.source.open()
         log.info("source %s open (%s)", cfg.source, "live" if self.source.live else "lossless")
         self.sinks = self._make_sinks()
+        if self.manager is not None:
+            self.sinks.append(self.manager)  # probation health and the recent frames for validation
         self.pipeline = Pipeline(
             self.source,
             self.handle,
@@ -184,6 +200,16 @@ class Daemon:
             max_frames=cfg.max_frames,
             idle_tick=min(0.5, timeout / 4) if timeout else 0.5,
         )
+        if self.manager is not None:
+            self.pipeline.on_error = self.manager.on_error
+            self.manager.attach(self.handle, self.pipeline.call_between_frames)
+            self.services.append(self.manager)
+            self.services.append(
+                DropFolderWatcher(self.manager.store.incoming_dir, self.manager.on_candidate)
+            )
+        if cfg.control:
+            controller = DaemonController(self.pipeline, self.handle, self.manager)
+            self.services.append(ControlService(cfg.control, controller))
         if self.store is not None:
             self.store.add_event(
                 "start",
@@ -197,17 +223,36 @@ class Daemon:
         runtime = None if self.config.runtime == "auto" else self.config.runtime
         return load_model(resolve_model(spec), options, runtime=runtime)
 
+    def _open_metrics(self) -> None:
+        try:
+            self.store = MetricsStore(self.state_dir / "metrics.db")
+        except EdgeAgentError as err:  # metrics are not worth refusing to serve
+            log.error("%s; running without the metrics database", err)
+
+    def _make_manager(self, root: Path) -> ModelManager:
+        cfg = self.config
+        store = ModelStore(root)
+        machine = UpdateMachine(store.state_path)
+        p = cfg.probation
+        policy = ManagerPolicy(
+            swap_policy=cfg.swap_policy,
+            probation_frames=p.frames,
+            probation_seconds=p.seconds,
+            max_error_rate=p.max_error_rate,
+            min_confidence_ratio=p.min_confidence_ratio,
+            allow_downgrade=cfg.allow_downgrade,
+        )
+        history = JobHistory(self.store) if self.store is not None else None
+        options = RuntimeOptions(threads=cfg.threads, providers=cfg.providers)
+        runtime = None if cfg.runtime == "auto" else cfg.runtime
+        return ModelManager(store, machine, options=options, runtime=runtime, policy=policy, history=history)
+
     def _make_sinks(self) -> list[Sink]:
         sinks: list[Sink] = []
         if self.config.results:
             self.results_sink = JsonlSink(self.config.results)
             sinks.append(self.results_sink)
-        db = self.state_dir / "metrics.db"
-        try:
-            self.store = MetricsStore(db)
-        except EdgeAgentError as err:  # metrics are not worth refusing to serve
-            log.error("%s; running without the metrics database", err)
-        else:
+        if self.store is not None:
             sinks.append(SqliteSink(self.store))
         return sinks
 

@@ -414,6 +414,10 @@ class ModelManager:
         log.info("update job %s queued: %s", job.job_id, path)
         return job.job_id
 
+    def on_candidate(self, path: Path) -> None:
+        """The ``DropFolderWatcher`` callback."""
+        self.submit(path, "drop-folder")
+
     def activate(self, version: int, name: str | None = None) -> dict[str, Any]:
         cur = self.store.current()
         name = name or (cur.name if cur else None)

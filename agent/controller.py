@@ -1,0 +1,106 @@
+"""``DaemonController``: the control API's view of a running agent (pipeline + model manager)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.control import ControlServer, RequestError
+from agent.handle import ModelHandle
+from agent.manager import ModelManager
+from agent.pipeline import Pipeline
+from inference.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NO_STORE = "this agent runs without a model store: start it with --models-dir to manage versions"
+
+
+class DaemonController:
+    """Implements ``agent.control.Controller`` over the pipeline and (when there is a store) the manager."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        handle: ModelHandle,
+        manager: ModelManager | None,
+        *,
+        stale_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipeline = pipeline
+        self.handle = handle
+        self.manager = manager
+        self.stale_after = stale_after
+        self.clock = clock
+
+    def _manager(self) -> ModelManager:
+        if self.manager is None:
+            raise RequestError(NO_STORE, 409)
+        return self.manager
+
+    def healthy(self) -> bool:
+        return self.clock() - self.pipeline.heartbeat < self.stale_after
+
+    def status(self) -> dict[str, Any]:
+        s = self.pipeline.stats()
+        model = self.handle.current
+        out: dict[str, Any] = {
+            "model": model.name,
+            "version": model.version,
+            "sha256": model.sha256,
+            "phase": "IDLE",
+            "frames": s.frames,
+            "dropped": s.dropped,
+            "errors": s.errors,
+            "fps": round(s.fps, 2),
+            "latency_p50_ms": round(s.latency_p50_ms, 3),
+            "latency_p95_ms": round(s.latency_p95_ms, 3),
+            "uptime_s": round(s.uptime_s, 1),
+            "source": s.source_status,
+            "previous": None,
+            "healthy": self.healthy(),
+        }
+        if self.manager is not None:
+            out.update(self.manager.status())
+        return out
+
+    def models(self) -> list[dict[str, Any]]:
+        if self.manager is None:
+            m = self.handle.current
+            return [{"name": m.name, "version": m.version, "sha256": m.sha256, "current": True}]
+        return self.manager.models()
+
+    def activate(self, version: int, name: str | None = None) -> dict[str, Any]:
+        return self._manager().activate(version, name)
+
+    def rollback(self) -> dict[str, Any]:
+        return self._manager().rollback()
+
+    def pin(self, version: int | None) -> dict[str, Any]:
+        return self._manager().pin(version)
+
+    def unpin(self) -> dict[str, Any]:
+        return self._manager().unpin()
+
+
+class ControlService:
+    """The control server as a daemon service; a port it cannot bind is logged, not fatal."""
+
+    def __init__(self, address: str, controller: DaemonController) -> None:
+        self.address = address
+        self.controller = controller
+        self.server: ControlServer | None = None
+
+    def start(self) -> None:
+        try:
+            self.server = ControlServer(self.address, self.controller).start()
+        except ConfigError as err:
+            log.error("%s; serving frames without the control API", err)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
