@@ -5,10 +5,9 @@
     edge-agent config check PATH
 
 Other modules add their subcommands with ``register(subparsers)``: agent/cli_models.py
-(``bundle``, ``models``), and, when present, agent/cli_control.py and agent/cli_bench.py.
-A subcommand sets ``func(args) -> int`` with ``set_defaults``. A ``register`` taking two
-arguments also gets the ``models`` group's subparsers (see ``subcommand_group``, which
-modules sharing a group should use instead of ``add_parser`` for the group itself).
+(``bundle``, ``models fetch``), agent/cli_control.py (``status``, ``models list|activate|…``)
+and agent/cli_bench.py (``bench``). A subcommand sets ``func(args) -> int`` with
+``set_defaults``; modules sharing the ``models`` group get it from ``cli_models.models_group``.
 
 Exit codes: 0 normal end (also after SIGTERM/SIGINT), 1 nothing can be served at start
 (model will not load, source will not open), 2 usage or config error.
@@ -17,21 +16,15 @@ Exit codes: 0 normal end (also after SIGTERM/SIGINT), 1 nothing can be served at
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, cli_models
+from agent import __version__, cli_bench, cli_control, cli_models
 from agent.config import LOG_LEVELS, RUNTIMES, SWAP_POLICIES, Config, apply_overrides, load_config
 from inference.errors import ConfigError, EdgeAgentError
-
-# Further modules whose register(subparsers) adds subcommands (agent.cli_models is always there);
-# a module that does not exist (yet) is skipped.
-EXTENSIONS = ("agent.cli_control", "agent.cli_bench")
 
 # `run` flags that map onto Config keys (dest == key). Issue 3 adds --models-dir and --control here.
 RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -110,7 +103,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(extensions: Sequence[str] = EXTENSIONS) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="On-device ML agent: camera inference, hot model updates with rollback, monitoring.",
@@ -135,39 +128,9 @@ def build_parser(extensions: Sequence[str] = EXTENSIONS) -> argparse.ArgumentPar
     check.add_argument("path", metavar="PATH")
     check.set_defaults(func=cmd_config_check)
 
-    cli_models.register(sub)
-    for name in extensions:
-        register = _load_register(name)
-        if register is None:
-            continue
-        if len(inspect.signature(register).parameters) >= 2:  # register(sub, models_sub)
-            register(sub, subcommand_group(sub, "models", "model store and zoo models"))
-        else:
-            register(sub)
+    for module in (cli_models, cli_control, cli_bench):
+        module.register(sub)
     return parser
-
-
-def subcommand_group(sub: Any, name: str, help: str | None = None) -> Any:
-    """The subparsers of the top-level command ``name``, created on first use, so that several
-    modules can add subcommands under one group (``models fetch`` and ``models list``)."""
-    parser = sub.choices.get(name)
-    if parser is None:
-        parser = sub.add_parser(name, help=help)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
-
-
-def _load_register(name: str) -> Callable[..., None] | None:
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name == name:  # the module does not exist (yet); anything else is a real error
-            return None
-        raise
-    register: Callable[..., None] = module.register
-    return register
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from agent.cli_models import models_group
 from agent.control import DEFAULT_PORT, parse_address
 from inference.errors import ConfigError, TransientError
 
@@ -111,11 +112,9 @@ def _add_control_flag(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    models_sub: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``status`` to the top level and ``list|activate|rollback|pin|unpin`` under ``models``."""
+    models_sub = models_group(sub)
     p = sub.add_parser("status", help="show what a running agent serves")
     _add_control_flag(p)
     p.set_defaults(control_call=lambda a: ("GET", "/status", None))

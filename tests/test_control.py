@@ -105,8 +105,7 @@ def test_endpoints(server: tuple[ControlServer, FakeController]) -> None:
 def _cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    models = sub.add_parser("models").add_subparsers()
-    cli_control.register(sub, models)
+    cli_control.register(sub)
     return parser.parse_args(argv)
 
 
