@@ -59,7 +59,15 @@ from inference.result import Result
 from inference.runtime import RuntimeOptions
 from ota.job_history import JobHistory
 from ota.store import ModelStore, StoredVersion
-from ota.update_machine import Action, Event, State, UpdateMachine, VersionRef, abandon_event
+from ota.update_machine import (
+    Action,
+    Event,
+    State,
+    UpdateMachine,
+    VersionRef,
+    abandon_event,
+    resume_action,
+)
 from ota.validation import ValidationPolicy, ValidationReport, validate, validate_isolated
 
 log = logging.getLogger(__name__)
@@ -212,6 +220,10 @@ class ModelManager:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._probation: _Probation | None = None
+        self._resume_probation = False  # boot found a job in ACTIVATING/PROBATION: resume it once attached
+        self._prev_model: LoadedModel | None = None  # availability: the replaced model, kept warm
+        self._probation_candidate: LoadedModel | None = None  # a candidate rejected on probation
+        self._snap: tuple[float | None, float | None] = (None, None)  # previous confidence, detection rate
         self._recent_conf: deque[float] = deque(maxlen=RECENT)
         self._recent_det: deque[int] = deque(maxlen=RECENT)
         self._recent_frames: deque[npt.NDArray[np.uint8]] = deque(maxlen=LIVE_FRAMES)
@@ -305,8 +317,6 @@ class ModelManager:
     def _resume(self) -> None:
         action = self.machine.resume()
         for _ in range(12):
-            if _:
-                action = self._action_now()
             if action is Action.NOTHING:
                 return
             phase = self.machine.state
@@ -314,7 +324,7 @@ class ModelManager:
                 self.store.discard_staging()
                 self._fail(f"interrupted in {phase.value} by a restart")
             elif action in (Action.RESUME_ACTIVATION, Action.RESUME_PROBATION):
-                target = self._target_version()
+                target = self._stored(self.machine.record.target)
                 if target is None:
                     self._fail("the candidate is not in the store any more")
                 else:
@@ -336,20 +346,16 @@ class ModelManager:
                 self._advance(Event.RESET)
             elif action is Action.ABANDON:
                 self._advance(abandon_event(phase), reason=f"abandoned {phase.value} after repeated restarts")
+            action = resume_action(
+                self.machine.record,
+                max_attempts=self.machine.max_attempts,
+                max_resumes=self.machine.max_resumes,
+            )
         log.error("update state did not settle after a restart: %s", self.machine.state.value)
 
-    _resume_probation = False
-
-    def _action_now(self) -> Action:
-        from ota.update_machine import resume_action
-
-        return resume_action(
-            self.machine.record, max_attempts=self.machine.max_attempts, max_resumes=self.machine.max_resumes
-        )
-
-    def _target_version(self) -> StoredVersion | None:
-        t = self.machine.record.target
-        return None if t is None else self.store.get(t.name, t.version, t.sha256)
+    def _stored(self, ref: VersionRef | None) -> StoredVersion | None:
+        """The stored version a state-file reference names, if it is (still) in the store."""
+        return None if ref is None else self.store.get(ref.name, ref.version, ref.sha256)
 
     def attach(
         self, handle: ModelHandle, call_between_frames: Callable[[Callable[[], object]], None]
@@ -654,9 +660,6 @@ class ModelManager:
             raise
         log.info("swapped to %s (memory policy: %.0f ms without a model)", stored, self.last_gap_ms or 0.0)
 
-    _prev_model: LoadedModel | None = None
-    _snap: tuple[float | None, float | None] = (None, None)
-
     def _snapshot_previous(self) -> None:
         conf = list(self._recent_conf)
         det = list(self._recent_det)
@@ -689,8 +692,7 @@ class ModelManager:
         frames, seconds, max_err, min_ratio, budget = self._probation_settings(cand)
         prev_conf, prev_det = self._snap if not resumed else (None, None)
         if resumed and self.policy.swap_policy == "availability":
-            ref = self.machine.record.previous
-            prev = None if ref is None else self.store.get(ref.name, ref.version, ref.sha256)
+            prev = self._stored(self.machine.record.previous)
             if prev is not None and prev != self.store.current():
                 try:
                     self._prev_model = self.loader(prev.path, self.options, self.runtime)
@@ -758,7 +760,7 @@ class ModelManager:
         if self.machine.state is not State.ROLLING_BACK:
             self._advance(Event.ERROR, reason=reason)
         ref = self.machine.record.previous
-        dest = None if ref is None else self.store.get(ref.name, ref.version, ref.sha256)
+        dest = self._stored(ref)
         try:
             if dest is None:
                 raise BundleError(f"the version to roll back to ({ref}) is not in the store")
@@ -815,8 +817,6 @@ class ModelManager:
             self._between_frames(model.close)
         else:
             model.close()
-
-    _probation_candidate: LoadedModel | None = None
 
     # ------------------------------------------------------------------ sink hooks (inference thread)
 

@@ -301,3 +301,26 @@ def test_handled_drops_leave_incoming(classifier_bundle: Make, in_process_agent:
     assert not bad.exists()
     assert [p.name.split(".")[0] for p in (incoming / ".rejected").iterdir()] == ["bad"]
     assert agent.handle.current.version == 2
+
+
+def test_crash_loop_in_probation_rolls_back(classifier_bundle: Make, in_process_agent: Start) -> None:
+    """Past max_attempts restarts in PROBATION, the next start rolls back instead of resuming."""
+    agent = in_process_agent(classifier_bundle(1))
+    v2 = agent.store.import_bundle(classifier_bundle(2), "job")
+    agent.close()
+    from ota.update_machine import Event, UpdateMachine
+
+    machine = UpdateMachine(agent.store.state_path)
+    machine.advance(Event.START, job_id="j1", previous=agent.store.current().to_ref())
+    for ev in (Event.FETCHED, Event.VERIFIED, Event.STORED, Event.VALIDATED):
+        machine.advance(ev, target=v2.to_ref() if ev is Event.VERIFIED else None)
+    agent.store.set_current(v2)
+    machine.advance(Event.ACTIVATED)
+    for _ in range(machine.max_attempts):  # three starts that each crashed during probation
+        machine.resume()
+    again = in_process_agent(classifier_bundle(1), store=ModelStore(agent.store.root))
+    _settle(again)
+    assert again.handle.current.version == 1 and again.store.current().version == 1
+    rec = again.machine.record
+    assert rec.phase is State.IDLE and rec.outcome is not None and rec.outcome.value == "rolled_back"
+    assert "restarted" in (rec.reason or "")
