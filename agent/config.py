@@ -62,7 +62,9 @@ class Config:
     log_level: str = "info"
     loop: bool = False  # replay a file or folder source at its end
     models_dir: Path | None = None  # model store root (issue 3); its incoming/ is watched
-    control: str | None = None  # local control API: HOST:PORT, PORT or unix:/path (issue 3)
+    control: str | None = (
+        None  # control API: HOST:PORT, PORT, unix:/path or "off" (default with a store: 127.0.0.1:8470)
+    )
     swap_policy: str = "availability"  # availability | memory (issue 3)
     allow_downgrade: bool = (
         False  # accept a lower version from the drop folder (explicit activation always may)

@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from agent.config import LIVE_KEYS, Config, apply_overrides, changed_keys, load_config
+from agent.control import DEFAULT_PORT
 from agent.controller import ControlService, DaemonController
 from agent.handle import ModelHandle
 from agent.manager import ManagerPolicy, ModelManager
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent")
 
 STATUS_EVERY_S = 10.0
+DEFAULT_CONTROL = f"127.0.0.1:{DEFAULT_PORT}"  # served by default when there is a model store
 
 
 class Service(Protocol):
@@ -207,9 +209,10 @@ class Daemon:
             self.services.append(
                 DropFolderWatcher(self.manager.store.incoming_dir, self.manager.on_candidate)
             )
-        if cfg.control:
+        control = cfg.control or (DEFAULT_CONTROL if self.manager is not None else None)
+        if control and control != "off":
             controller = DaemonController(self.pipeline, self.handle, self.manager)
-            self.services.append(ControlService(cfg.control, controller))
+            self.services.append(ControlService(control, controller))
         if self.store is not None:
             self.store.add_event(
                 "start",

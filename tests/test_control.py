@@ -153,3 +153,16 @@ def test_port_in_use(server: tuple[ControlServer, FakeController]) -> None:
     srv, ctl = server
     with pytest.raises(ConfigError, match="cannot listen"):
         ControlServer(srv.address, ctl)
+
+
+def test_control_service_on_a_busy_port_is_not_fatal(
+    server: tuple[ControlServer, FakeController], caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.controller import ControlService
+
+    srv, ctl = server
+    service = ControlService(srv.address, ctl)  # type: ignore[arg-type]
+    service.start()  # logs, does not raise: the camera loop keeps running without the API
+    assert service.server is None
+    assert "serving frames without the control API" in caplog.text
+    service.stop()
