@@ -72,8 +72,13 @@ def atomic_symlink(target: str | Path, link: Path, fs: FsOps = DEFAULT_FS) -> No
     fs.fsync_dir(link.parent)
 
 
-def copy_file_durably(src: Path, dst: Path, fs: FsOps = DEFAULT_FS, chunk: int = 1 << 20,
-                      on_chunk: Callable[[int], None] | None = None) -> None:
+def copy_file_durably(
+    src: Path,
+    dst: Path,
+    fs: FsOps = DEFAULT_FS,
+    chunk: int = 1 << 20,
+    on_chunk: Callable[[int], None] | None = None,
+) -> None:
     """Copy ``src`` to ``dst`` (which must not be visible to readers yet) and fsync it."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         while True:
