@@ -48,7 +48,7 @@ CASES: tuple[Case, ...] = (
          "pipeline ÷ min(bare decode, bare inference), light model (blazeface TFLite 128x128)"),
 )  # fmt: skip
 THREADS = 1
-ROUNDS, QUICK_ROUNDS = 3, 2
+ROUNDS, QUICK_ROUNDS = 5, 2
 
 
 def write_video(spec: str, frames: int, path: Path) -> Path:

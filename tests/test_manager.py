@@ -58,6 +58,7 @@ def _assert_rejected(agent: Any, words: str, serving: int = 1) -> None:
     assert status["outcome"] in ("no_state_change", "rolled_back")
     reasons = " ".join(str(r["reason"]) for r in agent.history_rows())
     assert words in reasons
+    assert any(words in line for line in agent.logs), agent.logs
     assert set(agent.sink.versions()) == {serving} or status["outcome"] == "rolled_back"
 
 
