@@ -40,6 +40,7 @@ from typing import Any
 from agent.handle import ModelHandle
 from agent.sinks import Sink, SinkClosed
 from agent.source import Backoff, Frame, Reconnecting, Source
+from inference.result import Result
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,23 @@ LOSSLESS_QUEUE = 4  # frames decoded ahead of inference on lossless sources
 RESULTS_QUEUE = 4  # frames run but not yet decoded and written
 LATENCY_WINDOW = 512  # frames kept for the latency percentiles
 FPS_WINDOW_S = 5.0  # seconds over which fps is measured
+
+
+def _count(result: Result | None) -> int:
+    if result is None:
+        return 0
+    return len(result.detections) if result.kind == "detections" else len(result.classes)
+
+
+def _top(result: Result | None) -> str:
+    if result is None:
+        return ""
+    if result.kind == "detections" and result.detections:
+        d = max(result.detections, key=lambda d: d.score)
+        return f"{d.label} {d.score:.2f} [{','.join(str(round(v)) for v in d.box)}]"
+    if result.kind == "classes" and result.classes:
+        return f"{result.classes[0].label} {result.classes[0].score:.2f}"
+    return ""
 
 
 class RateLimitedLog:
@@ -159,6 +177,7 @@ class PipelineStats:
     uptime_s: float
     source_ok: bool
     source_status: str
+    top: str = ""  # the latest result's best answer, e.g. "face 0.93 [287,126,439,278]"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,7 +239,7 @@ class Pipeline:
         self.dropped = 0  # capture thread
         self.captured = 0
         self.sink_errors = 0
-        self.last_detections = 0
+        self.last_result: Result | None = None  # read by stats(): the display shows the top answer
         self.started = clock()
         self.heartbeat = clock()
         self._latency = [0.0] * LATENCY_WINDOW
@@ -394,9 +413,7 @@ class Pipeline:
                         self._sink_log(logging.WARNING, "sink %s failed: %s", type(sink).__name__, err)
                 latency[self.frames % LATENCY_WINDOW] = result.latency_ms
                 self.frames += 1
-                self.last_detections = (
-                    len(result.detections) if result.kind == "detections" else len(result.classes)
-                )
+                self.last_result = result
                 done.append(now)
         except BaseException as err:  # a bug here must end the run, not hang it
             self.results_error = err
@@ -482,7 +499,8 @@ class Pipeline:
             fps=round(self.fps(now), 2),
             latency_p50_ms=round(p50, 3),
             latency_p95_ms=round(p95, 3),
-            detections=self.last_detections,
+            detections=_count(self.last_result),
+            top=_top(self.last_result),
             uptime_s=round(now - self.started, 3),
             source_ok=self.source.down_since is None,
             source_status=self.source_status,

@@ -32,6 +32,8 @@ def format_line(s: PipelineStats) -> str:
         f"dropped {s.dropped}",
         f"detections {s.detections}",
     ]
+    if s.top:
+        parts.append(s.top)
     if s.errors:
         parts.append(f"errors {s.errors}")
     if not s.source_ok:
