@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 
+from agent.periodic import Periodic
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,7 @@ def watchdog_timeout(env: Mapping[str, str] | None = None, pid: int | None = Non
     return int(usec) / 1e6
 
 
-class Watchdog:
+class Watchdog(Periodic):
     """Pings ``WATCHDOG=1`` every ``timeout / 2`` seconds while ``heartbeat()`` is fresh.
 
     ``heartbeat`` returns the monotonic time the inference loop last proved alive; it is
@@ -126,15 +128,19 @@ class Watchdog:
         max_age: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(timeout / 2)
         self.notifier = notifier
-        self.interval = timeout / 2
         self.max_age = timeout if max_age is None else max_age
         self.heartbeat = heartbeat
         self.pings = 0
         self.withheld = 0
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    thread_name = "watchdog"
+    tick_at_start = True
+
+    def tick(self) -> None:
+        self.check()
 
     def check(self) -> bool:
         """One tick: ping if the heartbeat is fresh. Returns whether it pinged."""
@@ -155,18 +161,3 @@ class Watchdog:
             self.notifier.status(f"inference loop stuck for {age:.0f} s")
         self.withheld += 1
         return False
-
-    def _run(self) -> None:
-        self.check()
-        while not self._stop.wait(self.interval):
-            self.check()
-
-    def start(self) -> Watchdog:
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)

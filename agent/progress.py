@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from agent.periodic import Periodic
 from agent.pipeline import PipelineStats
 
 log = logging.getLogger("agent.progress")
@@ -82,7 +83,7 @@ class ProgressLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
             super().emit(record)
 
 
-class Progress:
+class Progress(Periodic):
     """Calls ``stats()`` periodically: draws the live line (``line`` given) or logs every
     ``log_every`` seconds, and passes each snapshot to the ``hooks``."""
 
@@ -96,15 +97,15 @@ class Progress:
         hooks: list[Callable[[PipelineStats], None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(interval if line is not None else min(interval, log_every))
         self.stats = stats
         self.line = line
-        self.interval = interval if line is not None else min(interval, log_every)
         self.log_every = log_every
         self.hooks = hooks or []
         self._clock = clock
         self._next_log = clock() + log_every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    thread_name = "progress"
 
     def tick(self) -> None:
         s = self.stats()
@@ -119,19 +120,8 @@ class Progress:
             except Exception:
                 log.exception("progress hook failed")
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.tick()
-
-    def start(self) -> Progress:
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        super().stop()
         if self.line is not None:
             self.line.draw(format_line(self.stats()))  # the final figures stay on screen
             self.line.finish()

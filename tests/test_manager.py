@@ -263,15 +263,16 @@ def test_golden_mismatch(classifier_bundle: Make) -> None:
     assert not report.ok and "differs from the expected output" in report.reason
 
 
-def test_restart_resumes_probation_then_commits(
-    classifier_bundle: Make, tmp_path: Path, in_process_agent: Start
-) -> None:
-    """A manager started on a store whose state file says PROBATION resumes and commits."""
+def _left_in_probation(
+    classifier_bundle: Make, in_process_agent: Start, crashed_starts: int = 0
+) -> ModelStore:
+    """A store whose state file says PROBATION of v2 (v1 before it), as a crash leaves it,
+    after ``crashed_starts`` more starts that each died during probation."""
+    from ota.update_machine import Event, UpdateMachine
+
     agent = in_process_agent(classifier_bundle(1))
     v2 = agent.store.import_bundle(classifier_bundle(2), "job")
     agent.close()
-    from ota.update_machine import Event, UpdateMachine
-
     machine = UpdateMachine(agent.store.state_path)
     machine.advance(Event.START, job_id="j1", previous=agent.store.current().to_ref())
     for ev in (Event.FETCHED, Event.VERIFIED, Event.STORED, Event.VALIDATED):
@@ -279,7 +280,15 @@ def test_restart_resumes_probation_then_commits(
     agent.store.set_current(v2)
     machine.advance(Event.ACTIVATED)
     assert machine.state is State.PROBATION
-    again = in_process_agent(classifier_bundle(1), store=ModelStore(agent.store.root))
+    for _ in range(crashed_starts):
+        machine.resume()
+    return ModelStore(agent.store.root)
+
+
+def test_restart_resumes_probation_then_commits(classifier_bundle: Make, in_process_agent: Start) -> None:
+    """A manager started on a store whose state file says PROBATION resumes and commits."""
+    store = _left_in_probation(classifier_bundle, in_process_agent)
+    again = in_process_agent(classifier_bundle(1), store=store)
     _settle(again)
     assert again.handle.current.version == 2
     assert again.machine.state is State.IDLE and again.store.current().version == 2
@@ -306,20 +315,8 @@ def test_handled_drops_leave_incoming(classifier_bundle: Make, in_process_agent:
 
 def test_crash_loop_in_probation_rolls_back(classifier_bundle: Make, in_process_agent: Start) -> None:
     """Past max_attempts restarts in PROBATION, the next start rolls back instead of resuming."""
-    agent = in_process_agent(classifier_bundle(1))
-    v2 = agent.store.import_bundle(classifier_bundle(2), "job")
-    agent.close()
-    from ota.update_machine import Event, UpdateMachine
-
-    machine = UpdateMachine(agent.store.state_path)
-    machine.advance(Event.START, job_id="j1", previous=agent.store.current().to_ref())
-    for ev in (Event.FETCHED, Event.VERIFIED, Event.STORED, Event.VALIDATED):
-        machine.advance(ev, target=v2.to_ref() if ev is Event.VERIFIED else None)
-    agent.store.set_current(v2)
-    machine.advance(Event.ACTIVATED)
-    for _ in range(machine.max_attempts):  # three starts that each crashed during probation
-        machine.resume()
-    again = in_process_agent(classifier_bundle(1), store=ModelStore(agent.store.root))
+    store = _left_in_probation(classifier_bundle, in_process_agent, crashed_starts=3)  # max_attempts
+    again = in_process_agent(classifier_bundle(1), store=store)
     _settle(again)
     assert again.handle.current.version == 1 and again.store.current().version == 1
     rec = again.machine.record
