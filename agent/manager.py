@@ -174,6 +174,14 @@ def _ref(v: StoredVersion | None) -> VersionRef | None:
     return VersionRef(v.name, v.version, v.sha256, v.ref, v.release_counter)
 
 
+def _close_all(models: list[LoadedModel]) -> None:
+    for m in models:
+        try:
+            m.close()
+        except Exception:
+            log.exception("unloading %s failed", m)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -224,6 +232,8 @@ class ModelManager:
         self._prev_model: LoadedModel | None = None  # availability: the replaced model, kept warm
         self._probation_candidate: LoadedModel | None = None  # a candidate rejected on probation
         self._snap: tuple[float | None, float | None] = (None, None)  # previous confidence, detection rate
+        self._retiring: list[LoadedModel] = []  # replaced models waiting to be unloaded (see _retire)
+        self._retire_lock = threading.Lock()
         self._recent_conf: deque[float] = deque(maxlen=RECENT)
         self._recent_det: deque[int] = deque(maxlen=RECENT)
         self._recent_frames: deque[npt.NDArray[np.uint8]] = deque(maxlen=LIVE_FRAMES)
@@ -381,6 +391,9 @@ class ModelManager:
         self._jobs.put(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
+        with self._retire_lock:
+            done, self._retiring = self._retiring, []
+        _close_all(done)
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -812,16 +825,32 @@ class ModelManager:
         self._prev_model = None
 
     def _retire(self, model: LoadedModel) -> None:
-        """Unload ``model`` between two frames, when no frame can still be using it."""
-        if self._between_frames is not None:
-            self._between_frames(model.close)
-        else:
+        """Unload ``model`` once no frame can still be using it.
+
+        Results are written in frame order, so the first result written by another model
+        proves every frame that ran ``model`` is done with the runtime (``write`` checks).
+        The unload then runs on a short-lived thread, off the inference thread's path:
+        freeing a runtime holds the GIL for milliseconds, and right before a frame is the
+        worst moment for that."""
+        if self._between_frames is None:
             model.close()
+            return
+        with self._retire_lock:
+            self._retiring.append(model)
+
+    def _unload_retired(self, serving: Any) -> None:
+        with self._retire_lock:
+            if any(serving is m for m in self._retiring):
+                return
+            done, self._retiring = self._retiring, []
+        threading.Thread(target=_close_all, args=(done,), name="unload", daemon=True).start()
 
     # ------------------------------------------------------------------ sink hooks (inference thread)
 
     def write(self, frame: Frame, result: Result, model: Any) -> None:
         """Called by the pipeline after every frame: recent figures and probation health."""
+        if self._retiring:
+            self._unload_retired(model)
         detector = result.kind == "detections"
         self._recent_conf.append(float(result.confidence))
         if detector:

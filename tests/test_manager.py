@@ -62,11 +62,20 @@ def _assert_rejected(agent: Any, words: str, serving: int = 1) -> None:
     assert set(agent.sink.versions()) == {serving} or status["outcome"] == "rolled_back"
 
 
+def _wait_closed(model: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not model._closed and time.monotonic() < end:
+        time.sleep(0.02)
+    assert model._closed, f"{model} was not unloaded"
+
+
 def test_hot_swap_between_two_frames_then_commit(classifier_bundle: Make, in_process_agent: Start) -> None:
     agent = in_process_agent(classifier_bundle(1))
     assert agent.sink.wait_frames(20)
+    v1_model = agent.handle.current
     agent.manager.submit(classifier_bundle(2))
     _settle(agent)
+    _wait_closed(v1_model)  # unloaded after the commit, once no frame can still use it
     assert agent.sink.wait_frames(len(agent.sink.rows) + 5)
     rows = list(agent.sink.rows)
     _contiguous(rows)
@@ -87,6 +96,7 @@ def test_confidence_collapse_rolls_back(classifier_bundle: Make, in_process_agen
     assert agent.sink.wait_frames(60)
     agent.manager.submit(classifier_bundle(2, strength=0.0))  # golden pairs pass; live confidence 0.25
     _settle(agent)
+    _wait_closed(agent.sink.models[2])  # the rejected candidate is unloaded
     assert agent.sink.wait_frames(len(agent.sink.rows) + 5)
     rows = list(agent.sink.rows)
     _contiguous(rows)
