@@ -83,15 +83,15 @@ def _finite(arrays: Sequence[npt.NDArray[Any]]) -> bool:
     return all(bool(np.isfinite(a).all()) for a in arrays if np.issubdtype(a.dtype, np.floating))
 
 
-def _check_golden(model: Any, root: Path, validation: dict[str, Any], policy: ValidationPolicy) -> str:
-    pairs = validation.get("golden") or []
+def _check_golden(model: Any, validation: dict[str, Any], policy: ValidationPolicy) -> str:
+    pairs = model.bundle.golden_pairs()  # paths checked to stay inside the bundle when parsed
     atol = float(validation.get("atol", policy.default_atol))
     rtol = float(validation.get("rtol", policy.default_rtol))
     runtime = model.runtime
-    for i, pair in enumerate(pairs):
-        x = np.load(root / pair["input"], allow_pickle=False)
+    for i, (inp, outs) in enumerate(pairs):
+        x = np.load(inp, allow_pickle=False)
         got = runtime.run([x])
-        want = [np.load(root / p, allow_pickle=False) for p in pair["outputs"]]
+        want = [np.load(p, allow_pickle=False) for p in outs]
         if len(got) != len(want):
             raise _Failed("golden", f"golden pair {i}: model gives {len(got)} outputs, expected {len(want)}")
         for j, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -177,7 +177,7 @@ def validate(
             {
                 "check": "golden",
                 "ok": True,
-                "detail": _check_golden(model, model.bundle.root, validation, policy),
+                "detail": _check_golden(model, validation, policy),
             }
         )
         checks.append({"check": "live", "ok": True, "detail": _check_live(model, frames)})
