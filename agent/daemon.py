@@ -358,7 +358,11 @@ class Daemon:
         started: list[Service] = []
         try:
             for service in self.services:
-                service.start()
+                try:
+                    service.start()
+                except EdgeAgentError as err:  # serving frames matters more than any side service
+                    log.error("%s; serving frames without %s", err, type(service).__name__)
+                    continue
                 started.append(service)
             stats = pipeline.run()
         finally:
