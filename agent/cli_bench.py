@@ -30,7 +30,7 @@ from inference.bench import (
     resolve_target,
     runtime_kinds,
 )
-from inference.errors import ConfigError, EdgeAgentError
+from inference.errors import ConfigError
 from inference.fsio import atomic_write_json
 
 DEFAULT_RUNS = 100
@@ -78,18 +78,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    """Entry point for the parsed ``bench`` arguments; returns the exit code."""
-    try:
-        return _run(args, sys.stdout, sys.stderr)
-    except ConfigError as exc:
-        print(f"edge-agent bench: error: {exc}", file=sys.stderr)
-        return 2
-    except EdgeAgentError as exc:
-        print(f"edge-agent bench: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("edge-agent bench: interrupted", file=sys.stderr)
-        return 130
+    """Entry point for the parsed ``bench`` arguments; returns the exit code. Errors are
+    reported by ``agent.cli.main`` like every subcommand's (2 for config, 1 otherwise)."""
+    return _run(args, sys.stdout, sys.stderr)
 
 
 def _check_counts(args: argparse.Namespace) -> None:

@@ -83,16 +83,26 @@ def _section(
     """Check a nested object: known keys only, each value passing its check."""
     if not isinstance(d, Mapping):
         raise BundleError(f"{where}: '{key}' must be an object with keys {', '.join(fields)}")
+    _check_keys(d, fields, where, f"{key}.")
+    return dict(d)
+
+
+def _check_keys(
+    d: Mapping[str, Any],
+    fields: Mapping[str, tuple[Callable[[Any], bool], str]],
+    where: str,
+    prefix: str = "",
+) -> None:
+    """Known keys only, each value passing its check; errors name the key and what it must be."""
     for k, v in d.items():
         if k not in fields:
             raise BundleError(
-                f"{where}: unknown key '{key}.{k}'; allowed keys are {', '.join(fields)}: "
+                f"{where}: unknown key '{prefix}{k}'; allowed keys are {', '.join(fields)}: "
                 "remove it or fix its spelling"
             )
         ok, want = fields[k]
         if not ok(v):
-            raise BundleError(f"{where}: '{key}.{k}' is {v!r}; it must be {want}")
-    return dict(d)
+            raise BundleError(f"{where}: '{prefix}{k}' is {_short(v)}; it must be {want}")
 
 
 def _is_golden(v: Any) -> bool:
@@ -235,15 +245,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         raise BundleError(f"{where}: not valid UTF-8 JSON ({exc}); fix or rebuild the manifest") from exc
     if not isinstance(obj, dict):
         raise BundleError(f"{where}: the manifest must be a JSON object, got {type(obj).__name__}")
-    for key, value in obj.items():
-        if key not in TOP_FIELDS:
-            raise BundleError(
-                f"{where}: unknown key {key!r}; allowed keys are {', '.join(TOP_FIELDS)}: "
-                "remove it or fix its spelling"
-            )
-        ok, want = TOP_FIELDS[key]
-        if not ok(value):
-            raise BundleError(f"{where}: {key!r} is {_short(value)}; it must be {want}")
+    _check_keys(obj, TOP_FIELDS, where)
     missing = [k for k in REQUIRED if k not in obj]
     if missing:
         raise BundleError(f"{where}: missing required key(s) {', '.join(missing)}")

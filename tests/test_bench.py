@@ -327,8 +327,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    args = _parser().parse_args(["bench", *argv])
-    code = args.func(args)
+    from agent import cli
+
+    try:
+        code = cli.main(["bench", *argv])
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return int(code), out, err
 
