@@ -19,11 +19,11 @@ runs, and goes to the log and to the ``jobs`` table (ota/job_history.py).
 
 Swap policies: ``availability`` loads the candidate beside the serving model and swaps the
 reference between two frames; the previous model stays loaded through probation so a
-rollback is a reference swap made on the inference thread the moment a health rule fails.
+rollback is a reference swap made the moment a health rule fails.
 ``memory`` (devices that cannot hold two models) drains the pipeline between two frames,
 unloads the old model, loads the new one, and reports the gap (``last_gap_ms``).
 
-The health verdict is taken on the inference thread (``write``/``on_error`` are the
+The health verdict is taken on the pipeline's results thread (``write``/``on_error`` are the
 manager's sink hooks) and the rollback swap happens there at once; the persisted part
 (ROLLING_BACK, pointers, FAILED) follows on the worker. A crash in between leaves PROBATION
 on disk, and the restart rules (resume, or roll back past ``max_attempts``) take over.
@@ -845,7 +845,7 @@ class ModelManager:
             done, self._retiring = self._retiring, []
         threading.Thread(target=_close_all, args=(done,), name="unload", daemon=True).start()
 
-    # ------------------------------------------------------------------ sink hooks (inference thread)
+    # ------------------------------------------------------------------ sink hooks (results thread)
 
     def write(self, frame: Frame, result: Result, model: Any) -> None:
         """Called by the pipeline after every frame: recent figures and probation health."""
