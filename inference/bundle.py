@@ -130,7 +130,7 @@ PROBATION_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 COMPAT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtimes": (
-        lambda v: isinstance(v, list) and all(x in FORMATS for x in v),
+        lambda v: isinstance(v, list) and all(isinstance(x, str) and x in FORMATS for x in v),
         f"a list of runtime names ({', '.join(FORMATS)})",
     ),
     "min_agent_version": (
@@ -213,7 +213,7 @@ TOP_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": (lambda v: isinstance(v, str) and NAME_RE.match(v) is not None,
              "a name of 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"),
     "version": (lambda v: _is_int(v) and 0 <= v < 2**63, "an int >= 0"),
-    "format": (lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
+    "format": (lambda v: isinstance(v, str) and v in FORMATS, f"one of {', '.join(FORMATS)}"),
     "file": (lambda v: isinstance(v, str), "the model file name"),
     "sha256": (lambda v: isinstance(v, str) and SHA256_RE.match(v) is not None,
                "64 hex digits (the model file's sha256)"),
