@@ -34,6 +34,7 @@ persisted, before its step runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -54,6 +55,7 @@ import numpy.typing as npt
 from agent.handle import ModelHandle
 from agent.source import Frame
 from inference.errors import BundleError, EdgeAgentError, ValidationError
+from inference.fsio import atomic_write_json
 from inference.model import LoadedModel, load_model
 from inference.result import Result
 from inference.runtime import RuntimeOptions
@@ -76,6 +78,7 @@ SWAP_POLICIES = ("availability", "memory")
 RECENT = 256  # frames of the serving model kept for the probation comparison
 LIVE_FRAMES = 4  # recent frames handed to validation
 REJECTED_KEEP = 5  # refused drops kept in incoming/.rejected/ for a look
+BASELINE_FILE = "probation-baseline.json"  # the previous version's figures for a resumed probation
 
 
 @dataclass(frozen=True)
@@ -674,12 +677,38 @@ class ModelManager:
         log.info("swapped to %s (memory policy: %.0f ms without a model)", stored, self.last_gap_ms or 0.0)
 
     def _snapshot_previous(self) -> None:
+        """The serving version's recent figures, the baseline of the candidate's probation.
+
+        Kept on disk too (``probation-baseline.json``), so a probation resumed after a crash
+        still compares against the previous version instead of nothing."""
         conf = list(self._recent_conf)
         det = list(self._recent_det)
         self._snap = (
             (sum(conf) / len(conf)) if len(conf) >= 10 else None,
             (sum(det) / len(det)) if len(det) >= 10 else None,
         )
+        baseline = {
+            "job_id": self.machine.record.job_id,
+            "confidence": self._snap[0],
+            "detection_rate": self._snap[1],
+        }
+        try:
+            atomic_write_json(self.store.root / BASELINE_FILE, baseline, self.store.fs)
+        except OSError as err:
+            log.warning("could not save the probation baseline: %s", err)
+
+    def _load_baseline(self) -> tuple[float | None, float | None]:
+        try:
+            data = json.loads((self.store.root / BASELINE_FILE).read_bytes())
+        except (OSError, ValueError):
+            return (None, None)
+        if not isinstance(data, dict) or data.get("job_id") != self.machine.record.job_id:
+            return (None, None)
+
+        def num(v: Any) -> float | None:
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        return (num(data.get("confidence")), num(data.get("detection_rate")))
 
     # ------------------------------------------------------------------ probation
 
@@ -703,7 +732,7 @@ class ModelManager:
         assert self.handle is not None
         cand = self.handle.current
         frames, seconds, max_err, min_ratio, budget = self._probation_settings(cand)
-        prev_conf, prev_det = self._snap if not resumed else (None, None)
+        prev_conf, prev_det = self._snap if not resumed else self._load_baseline()
         if resumed and self.policy.swap_policy == "availability":
             prev = self._stored(self.machine.record.previous)
             if prev is not None and prev != self.store.current():
