@@ -550,6 +550,7 @@ class ModelManager:
         if not report.ok:
             self._fail(f"validation failed: {report.reason}")
             return
+        self._snapshot_previous()  # on disk before ACTIVATING: a resumed probation needs it
         self._advance(Event.VALIDATED, reason=f"validated (median {report.latency_p50_ms:.1f} ms)")
         try:
             self._activate(stored)
@@ -647,12 +648,10 @@ class ModelManager:
                 model.close()
                 raise
             self._prev_model = handle.current
-            self._snapshot_previous()
             handle.swap(model)
             log.info("swapped to %s (previous kept warm through probation)", stored)
             return
         # memory: drain, unload, load — the gap is what the pipeline waits
-        self._snapshot_previous()
         self.store.set_current(stored)
 
         def swap() -> None:

@@ -31,6 +31,7 @@ CASES = [
     ("STAGED", "good", 1),
     ("VALIDATING", "good", 1),
     ("ACTIVATING", "good", 2),  # resumed: the swap is redone, probation passes, committed
+    ("ACTIVATING", "collapse", 1),  # resumed, and its probation still fails against v1's figures
     ("PROBATION", "good", 2),
     ("PROBATION", "collapse", 1),  # the resumed probation still compares with v1's figures
     ("COMMITTED", "good", 2),
