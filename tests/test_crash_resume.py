@@ -8,11 +8,8 @@ consistent state file.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from inference.bundle import open_bundle
-from tests.fixtures.agent import start_agent
+from tests.fixtures.agent import drop_bundle, result_lines, start_agent, stop_agent, wait_for
 
 Make = Callable[..., Path]
 
@@ -41,33 +38,8 @@ CASES = [
 ]
 
 
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _lines(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):  # the last line of a killed writer may be cut
-            out.append(json.loads(line))
-    return out
-
-
 def _state(root: Path) -> dict[str, object]:
     return dict(json.loads((root / "update-state.json").read_text()))
-
-
-def _drop(bundle: Path, incoming: Path) -> None:
-    tmp = incoming / f".{bundle.name}.tmp"
-    shutil.copytree(bundle, tmp)
-    tmp.rename(incoming / bundle.name)  # appears complete, by rename
 
 
 def _run_args(store: Path, seed: Path, results: Path, config: Path) -> list[str]:
@@ -101,8 +73,8 @@ def test_sigkill_in_every_state_then_restart(
     first = tmp_path / "first.jsonl"
     proc = start_agent(_run_args(store, seed, first, config), tmp_path, EDGE_AGENT_CRASH_AT=state)
     try:
-        _wait(lambda: len(_lines(first)) > 10, 60, "the first run to serve v1")
-        _drop(cand, store / "incoming")
+        wait_for(lambda: len(result_lines(first)) > 10, 60, "the first run to serve v1")
+        drop_bundle(cand, store / "incoming")
         proc.wait(timeout=90)
     finally:
         if proc.poll() is None:
@@ -117,8 +89,10 @@ def test_sigkill_in_every_state_then_restart(
     second = tmp_path / "second.jsonl"
     proc2 = start_agent(_run_args(store, seed, second, config), tmp_path)
     try:
-        _wait(
-            lambda: _state(store)["phase"] == "IDLE" and len(_lines(second)) > 30, 90, "the restart to settle"
+        wait_for(
+            lambda: _state(store)["phase"] == "IDLE" and len(result_lines(second)) > 30,
+            90,
+            "the restart to settle",
         )
         time.sleep(0.3)
         rec = _state(store)
@@ -128,14 +102,9 @@ def test_sigkill_in_every_state_then_restart(
         assert bundle.manifest.version == expect, (
             f"{state}: serving v{bundle.manifest.version}, expected v{expect}"
         )
-        served = _lines(second)[-5:]
+        served = result_lines(second)[-5:]
         assert {line["version"] for line in served} == {expect}
         assert not any((store / "staging").iterdir())
     finally:
-        proc2.send_signal(signal.SIGTERM)
-        try:
-            proc2.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc2.kill()
-            proc2.wait()
+        stop_agent(proc2)
     assert proc2.returncode == 0, (proc2.stderr.read() if proc2.stderr else "")[-3000:]

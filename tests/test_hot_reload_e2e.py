@@ -3,46 +3,18 @@ real ``edge-agent status`` / ``models`` commands over the control API (a unix so
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.agent import run_agent, start_agent
+from tests.fixtures.agent import drop_bundle, result_lines, run_agent, start_agent, stop_agent, wait_for
 
 Make = Callable[..., Path]
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _drop(bundle: Path, incoming: Path) -> None:
-    tmp = incoming / f".{bundle.name}.partial"
-    shutil.copytree(bundle, tmp)
-    tmp.rename(incoming / bundle.name)
 
 
 @pytest.mark.slow
@@ -59,6 +31,10 @@ def test_drop_swap_commit_and_control(tmp_path: Path, classifier_bundle: Make) -
         r = cli("status", "--json", *ctl)
         return dict(json.loads(r.stdout)) if r.returncode == 0 else {}
 
+    def serving(version: int) -> bool:
+        s = status()
+        return s.get("version") == version and s.get("phase") == "IDLE"
+
     seed = classifier_bundle(1)
     proc = start_agent(
         ["run", "--config", str(config), "--state-dir", str(store), "--model", str(seed),
@@ -66,14 +42,14 @@ def test_drop_swap_commit_and_control(tmp_path: Path, classifier_bundle: Make) -
         tmp_path,
     )  # fmt: skip
     try:
-        _wait(lambda: status().get("version") == 1, 60, "the agent to serve v1")
-        _drop(classifier_bundle(2, strength=25.0), store / "incoming")
-        _wait(lambda: (s := status()).get("version") == 2 and s.get("phase") == "IDLE", 60, "v2 committed")
+        wait_for(lambda: status().get("version") == 1, 60, "the agent to serve v1")
+        drop_bundle(classifier_bundle(2, strength=25.0), store / "incoming")
+        wait_for(lambda: serving(2), 60, "v2 committed")
         s = status()
         assert s["last_job"]["phase"] == "IDLE" and s["previous"]["version"] == 1 and s["outcome"] is None
 
         # the switch falls between two consecutive frames, and no frame index was skipped
-        rows = [(r["frame"], r["version"]) for r in _lines(results)]
+        rows = [(r["frame"], r["version"]) for r in result_lines(results)]
         assert [f for f, _ in rows] == list(range(len(rows)))
         switches = [(a, b) for a, b in itertools.pairwise(rows) if a[1] != b[1]]
         assert len(switches) == 1
@@ -85,26 +61,23 @@ def test_drop_swap_commit_and_control(tmp_path: Path, classifier_bundle: Make) -
         data = bytearray((bad / "model.onnx").read_bytes())
         data[-1] ^= 0xFF
         (bad / "model.onnx").write_bytes(bytes(data))
-        _drop(bad, store / "incoming")
-        _wait(lambda: "sha256" in str(status().get("reason")), 60, "the tampered bundle to be rejected")
+        drop_bundle(bad, store / "incoming")
+        wait_for(lambda: "sha256" in str(status().get("reason")), 60, "the tampered bundle to be rejected")
         s = status()
         assert s["version"] == 2 and s["outcome"] == "no_state_change"
 
         listed = cli("models", "list", *ctl)
         assert listed.returncode == 0 and "current" in listed.stdout and "previous" in listed.stdout
         assert cli("models", "rollback", *ctl).returncode == 0
-        _wait(lambda: (s := status()).get("version") == 1 and s.get("phase") == "IDLE", 60, "the rollback")
+        wait_for(lambda: (s := status()).get("version") == 1 and s.get("phase") == "IDLE", 60, "the rollback")
         assert cli("models", "activate", "2", *ctl).returncode == 0
-        _wait(lambda: (s := status()).get("version") == 2 and s.get("phase") == "IDLE", 60, "the activation")
+        wait_for(
+            lambda: (s := status()).get("version") == 2 and s.get("phase") == "IDLE", 60, "the activation"
+        )
         missing = cli("models", "activate", "9", *ctl)
         assert missing.returncode == 1 and "no version 9" in missing.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_agent(proc)
     assert proc.returncode == 0, (proc.stderr.read() if proc.stderr else "")[-3000:]
-    rows = [r["frame"] for r in _lines(results)]
+    rows = [r["frame"] for r in result_lines(results)]
     assert rows == list(range(len(rows)))
