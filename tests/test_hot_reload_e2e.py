@@ -69,11 +69,9 @@ def test_drop_swap_commit_and_control(tmp_path: Path, classifier_bundle: Make) -
         listed = cli("models", "list", *ctl)
         assert listed.returncode == 0 and "current" in listed.stdout and "previous" in listed.stdout
         assert cli("models", "rollback", *ctl).returncode == 0
-        wait_for(lambda: (s := status()).get("version") == 1 and s.get("phase") == "IDLE", 60, "the rollback")
+        wait_for(lambda: serving(1), 60, "the rollback")
         assert cli("models", "activate", "2", *ctl).returncode == 0
-        wait_for(
-            lambda: (s := status()).get("version") == 2 and s.get("phase") == "IDLE", 60, "the activation"
-        )
+        wait_for(lambda: serving(2), 60, "the activation")
         missing = cli("models", "activate", "9", *ctl)
         assert missing.returncode == 1 and "no version 9" in missing.stderr
     finally:
