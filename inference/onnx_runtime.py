@@ -5,6 +5,11 @@ onnxruntime build does not offer is skipped with a log line, and a session that 
 created with the requested providers is retried on CPU alone. onnxruntime's exceptions
 (``InvalidProtobuf``, ``NoSuchFile``, ``Fail``, ``InvalidGraph``, ...) share no base class
 besides ``Exception``; they are translated into ``BundleError`` naming the file.
+
+onnxruntime does not report the scale and zero point of a quantised (uint8/int8) input or
+output; they are read from the model file by inference/onnx_quant.py, which needs no ``onnx``
+package (a device does not install it) and raises ``BundleError`` rather than let a decoder
+take raw integers for floats.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from inference.errors import BundleError, ConfigError
+from inference.onnx_quant import read_onnx_quant
 from inference.runtime import Array, RuntimeOptions, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -55,49 +61,26 @@ def _dtype(type_str: str, path: Path, name: str) -> np.dtype[np.generic]:
         ) from None
 
 
-def _onnx_quant(path: Path) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]]:
+def _onnx_quant(
+    path: Path, inputs: Sequence[str], outputs: Sequence[str]
+) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]]:
     """Quantisation params of graph inputs fed straight into DequantizeLinear and of outputs made by
-    QuantizeLinear, read with the ``onnx`` package when it is installed (best effort, else empty)."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        return {}, {}
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return {}, {}
-    graph = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
-
-    def params(node: Any) -> tuple[float, int] | None:
-        if len(node.input) < 2 or node.input[1] not in consts:
-            return None
-        scale = np.asarray(consts[node.input[1]]).reshape(-1)
-        zp = np.asarray(consts[node.input[2]]).reshape(-1) if len(node.input) > 2 and node.input[2] else None
-        if scale.size != 1 or (zp is not None and zp.size != 1):
-            return None  # per-channel: not a tensor-wide (scale, zero_point)
-        return float(scale[0]), int(zp[0]) if zp is not None else 0
-
-    inputs = {i.name for i in graph.input}
-    outputs = {o.name for o in graph.output}
-    qin: dict[str, tuple[float, int]] = {}
-    qout: dict[str, tuple[float, int]] = {}
-    for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in inputs:
-            p = params(node)
-            if p is not None:
-                qin[node.input[0]] = p
-        elif node.op_type == "QuantizeLinear" and node.output and node.output[0] in outputs:
-            p = params(node)
-            if p is not None:
-                qout[node.output[0]] = p
-    return qin, qout
+    QuantizeLinear, read from the model file without the ``onnx`` package (a device does not install
+    it): see inference/onnx_quant.py. Raises ``BundleError`` when a quantised input or output has no
+    readable per-tensor parameters, and when the graph read from the file does not have the inputs
+    and outputs onnxruntime reports (a reader that saw another graph must not answer for this one)."""
+    found = read_onnx_quant(path)
+    unseen = [n for n in inputs if n not in found.graph_inputs] + [
+        n for n in outputs if n not in found.graph_outputs
+    ]
+    if unseen:
+        raise BundleError(
+            f"{path}: onnxruntime reports inputs/outputs {unseen} that the graph read from the file for "
+            f"its quantisation parameters does not have (it has inputs {list(found.graph_inputs)}, "
+            f"outputs {list(found.graph_outputs)}); the file changed on disk while loading or is not a "
+            "plain ONNX model: fetch the model again"
+        )
+    return found.inputs, found.outputs
 
 
 class OnnxRuntime:
@@ -147,7 +130,7 @@ class OnnxRuntime:
         ins = self._session.get_inputs()
         outs = self._session.get_outputs()
         if any(i.type in ("tensor(uint8)", "tensor(int8)") for i in [*ins, *outs]):
-            qin, qout = _onnx_quant(self.path)
+            qin, qout = _onnx_quant(self.path, [i.name for i in ins], [o.name for o in outs])
         self.inputs: list[TensorInfo] = [
             TensorInfo(i.name, _dims(i.shape), _dtype(i.type, self.path, i.name), qin.get(i.name))
             for i in ins
