@@ -93,8 +93,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """What ``run --config PATH`` does with the file before it starts anything: the same parser,
+    then the same completion (``daemon.demo_defaults``), so both reject alike (exit code 2)."""
+    from agent import daemon
+
     try:
-        config = load_config(Path(args.path))
+        config, _demo = daemon.demo_defaults(load_config(Path(args.path)))
     except ConfigError as err:
         print(f"edge-agent: error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,12 @@ and wrong types are ``ConfigError`` naming the key, the file and what is accepte
 never silently falls back to a default. Relative paths in a file are relative to the file's
 folder. A ``[probation]`` table holds the probation defaults used by hot swaps.
 
+Parsing is strict and the one place values are checked: whatever ``run`` would reject for a
+value, the parser rejects, so ``edge-agent config check`` and ``edge-agent run`` agree (same
+message, exit code 2). Integers must be TOML integers (``threads = 4``, not ``"4"``); numbers
+must be finite; ``control`` is checked against the full address grammar
+(``parse_control_address``) here, not when the control API starts.
+
 Example::
 
     model = "blazeface"            # zoo name, bundle folder, or a bare .onnx / .tflite
@@ -21,6 +27,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
+import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +57,8 @@ class ProbationConfig:
     seconds: float | None = None
     max_error_rate: float | None = None
     min_confidence_ratio: float | None = None
+    max_seconds: float | None = None  # the deadline: past it without enough evidence, on_thin_evidence
+    on_thin_evidence: str | None = None  # "rollback" (default) or "commit"
 
 
 @dataclass(frozen=True)
@@ -109,11 +121,13 @@ def _str(value: Any, where: str) -> str:
 
 
 def _int(minimum: int) -> Check:
+    # No coercion: a quoted "4" is a string in TOML, and a flag arrives as an int (argparse type=int).
     def check(value: Any, where: str) -> int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)} {value!r}")
+            hint = ""
+            if isinstance(value, str) and value.strip().isdigit():
+                hint = f" (write it without quotes: {value.strip()})"
+            raise ConfigError(f"{where}: expected an integer, got {_type_name(value)} {value!r}{hint}")
         if value < minimum:
             raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
         return value
@@ -121,12 +135,23 @@ def _int(minimum: int) -> Check:
     return check
 
 
-def _float(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {_type_name(value)} {value!r}")
-    if value < 0:
-        raise ConfigError(f"{where}: must be >= 0, got {value}")
-    return float(value)
+def _number(maximum: float | None = None) -> Check:
+    """A finite number >= 0 (and <= ``maximum``): the bounds of a manifest's probation section."""
+
+    def check(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_type_name(value)} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value}")
+        if value < 0 or (maximum is not None and value > maximum):
+            bounds = ">= 0" if maximum is None else f"in [0, {maximum:g}]"
+            raise ConfigError(f"{where}: must be {bounds}, got {value}")
+        return float(value)
+
+    return check
+
+
+_float = _number()
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -162,11 +187,63 @@ def _providers(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+DEFAULT_CONTROL_HOST = "127.0.0.1"
+CONTROL_FORMS = "HOST:PORT (e.g. 127.0.0.1:8470), :PORT, PORT, unix:/path or off"
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
+_UNIX_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
+
+
+def parse_control_address(spec: str) -> tuple[str, int] | Path | None:
+    """The control API address ``spec`` as ``(host, port)``, a unix socket ``Path``, or ``None``
+    for ``off``. Pure; raises ``ConfigError`` for anything the control server could not serve.
+
+    ``HOST:PORT``, ``:PORT`` and ``PORT`` (host 127.0.0.1; port 0-65535, 0 picks a free one),
+    ``unix:/path/to.sock``, or ``off`` (any case). HOST is an IPv4 address or a host name.
+    """
+    text = spec.strip()
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"control address {spec!r}: {why}; use {CONTROL_FORMS}")
+
+    if text.lower() == "off":
+        return None
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.strip():
+            raise bad("no socket path after unix:")
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise bad(f"a unix socket path is at most {_UNIX_PATH_MAX} bytes")
+        return Path(path)
+    host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit()):
+        raise bad(f"the port {port!r} is not a number" if port else "no port")
+    port_n = int(port)
+    if port_n > 65535:
+        raise bad(f"port {port_n} is not in 0-65535")
+    if not host:
+        return (DEFAULT_CONTROL_HOST, port_n)
+    if _DOTTED_NUMBERS.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv4 address") from None
+    elif not (host.isascii() and _HOSTNAME.fullmatch(host) and len(host) <= 253):
+        raise bad(f"{host!r} is not an IPv4 address or a host name (IPv6 is not served)")
+    return (host, port_n)
+
+
 def _control(value: Any, where: str) -> str:
-    # HOST:PORT, :PORT, PORT or unix:/path; agent.control.parse_address checks the details.
+    # A bare TOML integer is a port. The string is kept as written (stripped; "off" lower-cased,
+    # as the daemon compares it), after the whole grammar is checked here.
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    return _str(value, where)
+    text = _str(value, where).strip()
+    try:
+        address = parse_control_address(text)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return "off" if address is None else text
 
 
 def _probation(value: Any, where: str) -> ProbationConfig:
@@ -177,8 +254,10 @@ def _probation(value: Any, where: str) -> ProbationConfig:
     checks: dict[str, Check] = {
         "frames": _int(1),
         "seconds": _float,
-        "max_error_rate": _float,
-        "min_confidence_ratio": _float,
+        "max_error_rate": _number(1.0),
+        "min_confidence_ratio": _number(1.0),
+        "max_seconds": _float,
+        "on_thin_evidence": _choice(("rollback", "commit")),
     }
     out: dict[str, Any] = {}
     for key, item in value.items():

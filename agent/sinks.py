@@ -23,7 +23,7 @@ from typing import Any, Protocol, TextIO
 
 from agent.handle import ServingModel
 from agent.source import Frame
-from inference.errors import EdgeAgentError, TransientError
+from inference.errors import EdgeAgentError, FatalError, TransientError
 from inference.result import Result
 from monitoring.metrics_store import MetricsStore
 
@@ -121,7 +121,16 @@ class JsonlSink:
 
 
 class SqliteSink:
-    """Per-frame rows into ``MetricsStore.results``, in batches of ``batch`` or every ``max_delay`` s."""
+    """Per-frame rows into ``MetricsStore.results``, in batches of ``batch`` or every ``max_delay`` s.
+
+    A batch that cannot be written now (``TransientError``: the database is locked, the disk
+    is full) is kept and written with the next one after a back-off (``retry_delay`` s,
+    doubling up to ``max_retry_delay``); ``write`` raises the error, saying how many rows are
+    kept. At most ``max_pending`` rows are kept: beyond that the oldest are dropped. Rows that
+    cannot be written at all (``FatalError``), or are still unwritten at ``close``, are dropped
+    too. Every dropped row is counted in ``dropped``, logged, said to be dropped in the error,
+    and recorded as a ``results_dropped`` event once the database takes writes again.
+    """
 
     def __init__(
         self,
@@ -129,13 +138,30 @@ class SqliteSink:
         batch: int = 64,
         max_delay: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_pending: int = 10_000,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
     ) -> None:
         self.store = store
         self.batch = batch
         self.max_delay = max_delay
+        self.max_pending = max(max_pending, batch)
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self._clock = clock
         self._rows: list[tuple[Any, ...]] = []
         self._last_flush = clock()
+        self.retry_at = 0.0  # no write attempt before this (clock time) after a failed one
+        self.failures = 0  # failed write attempts in a row
+        self.dropped = 0  # rows given up on, since the start
+        self._unrecorded = 0  # dropped rows not yet in a results_dropped event
+        self._bounded = False  # the bound was hit in this outage (logged once)
+
+    @property
+    def pending(self) -> int:
+        """Rows written to the sink but not yet to the database."""
+        return len(self._rows)
 
     def write(self, frame: Frame, result: Result, model: ServingModel) -> None:
         n: int | None = None
@@ -158,17 +184,86 @@ class SqliteSink:
                 top,
             )
         )
-        if len(self._rows) >= self.batch or self._clock() - self._last_flush >= self.max_delay:
+        now = self._clock()
+        if now < self.retry_at:  # backing off after a failed write: keep (within the bound)
+            self._bound()
+        elif len(self._rows) >= self.batch or now - self._last_flush >= self.max_delay:
             self.flush()
 
     def flush(self) -> None:
-        rows, self._rows = self._rows, []
-        self._last_flush = self._clock()
-        if rows:
-            self.store.add_results(rows)  # TransientError: the batch is lost, the count says so
+        """Write the kept rows, unless backing off after a failed attempt (``close`` always tries)."""
+        if self._clock() >= self.retry_at:
+            self._write(final=False)
 
     def close(self) -> None:
-        self.flush()
+        """The last attempt: rows that still cannot be written are dropped, and the error says so."""
+        self._write(final=True)
+
+    def _write(self, *, final: bool) -> None:
+        self._last_flush = self._clock()
+        n = len(self._rows)
+        if not n:
+            return
+        try:
+            self.store.add_results(self._rows)
+        except TransientError as err:
+            self.failures += 1
+            if final:
+                self._drop(n)
+                raise TransientError(f"{err}; {self._dropped_text(n)} at close") from None
+            delay = min(self.max_retry_delay, self.retry_delay * 2 ** (self.failures - 1))
+            self.retry_at = self._last_flush + delay
+            self._bound()
+            dropped = (
+                f"; {self.dropped} dropped in all (at most {self.max_pending} kept)" if self.dropped else ""
+            )
+            raise TransientError(
+                f"{err}; {len(self._rows)} result rows kept, retried in {delay:g} s{dropped}"
+            ) from None
+        except FatalError as err:  # retrying cannot help: give the batch up, and say so
+            self.failures += 1
+            self._drop(n)
+            raise FatalError(f"{err}; {self._dropped_text(n)}") from None
+        self._rows = []
+        self.failures = 0
+        self._bounded = False
+        self.retry_at = 0.0
+        if self._unrecorded:
+            self._record_dropped()
+
+    def _bound(self) -> None:
+        """Drop the oldest kept rows beyond ``max_pending``."""
+        excess = len(self._rows) - self.max_pending
+        if excess > 0:
+            self._drop(excess)
+            if not self._bounded:  # once per outage; each failed attempt's error gives the count
+                self._bounded = True
+                log.warning(
+                    "results database still cannot be written: %d result rows kept, dropping the "
+                    "oldest beyond that (%d dropped in all)",
+                    self.max_pending,
+                    self.dropped,
+                )
+
+    def _drop(self, n: int) -> None:
+        del self._rows[:n]
+        self.dropped += n
+        self._unrecorded += n
+
+    def _dropped_text(self, n: int) -> str:
+        return f"{n} result rows dropped ({self.dropped} dropped in all)"
+
+    def _record_dropped(self) -> None:
+        """A ``results_dropped`` event for the rows given up on since the last one (best effort:
+        when it cannot be written either, the count waits for the next successful batch)."""
+        try:
+            self.store.add_event(
+                "results_dropped", {"rows": self._unrecorded, "total": self.dropped}, level="warning"
+            )
+        except EdgeAgentError as err:
+            log.warning("%s; the count of dropped result rows is recorded later", err)
+            return
+        self._unrecorded = 0
 
 
 class ListSink:

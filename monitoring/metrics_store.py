@@ -10,13 +10,18 @@ Tables (more are added by the monitoring and update code through ``ensure_table`
 The database runs in WAL mode with ``synchronous=NORMAL``: readers (``sqlite3``, the
 control API) never block the writer, and a power cut loses at most the last batch.
 One connection is shared by the threads of the process behind a lock. ``sqlite3`` errors
-are translated: ``TransientError`` for a locked or full database or an I/O error (worth
-retrying), ``FatalError`` for a file that is not a SQLite database.
+are translated by their SQLite result code: ``TransientError`` for a busy or locked
+database, a full disk, an I/O error or a file that cannot be opened now (worth retrying
+later), ``FatalError`` for the rest: a corrupt file or one that is not a SQLite database, a
+read-only one, a missing table. The store retries nothing itself, and its errors do not say
+that anything will be retried: a caller that does retry (``agent.sinks.SqliteSink``) says
+so. A method raises only when what it was asked to write was not written.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -27,7 +32,9 @@ from typing import Any
 
 import sqlite_utils
 
-from inference.errors import FatalError, TransientError
+from inference.errors import EdgeAgentError, FatalError, TransientError
+
+log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("frame", "ts", "model", "version", "latency_ms", "confidence", "n_detections", "top_label")
 ResultRow = tuple[int, float, str, int, float, float, "int | None", "str | None"]
@@ -38,15 +45,51 @@ _INSERT_RESULTS = (
 _PRUNE_EVERY = 10_000  # rows inserted between two prunings
 
 
-def translate(err: sqlite3.Error, path: Path | str, doing: str) -> TransientError | FatalError:
-    """The edge-agent error for a ``sqlite3`` error raised while ``doing`` something on ``path``."""
+# Primary SQLite result codes (https://sqlite.org/rescode.html; stable numbers, and the
+# sqlite3 module names them only from Python 3.11). Extended codes (SQLITE_IOERR_WRITE, ...)
+# keep the primary code in their low byte.
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM = 5, 6, 7
+SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_PROTOCOL = 10, 13, 14, 15
+_LOCK_HINT = "another process holds its write lock (a sqlite3 shell, a second agent?)"
+# The codes worth trying again later, with what to tell the operator.
+_TRANSIENT_HINTS: dict[int, str] = {
+    SQLITE_BUSY: _LOCK_HINT,
+    SQLITE_LOCKED: _LOCK_HINT,
+    SQLITE_PROTOCOL: _LOCK_HINT,
+    SQLITE_NOMEM: "the device is out of memory",
+    SQLITE_IOERR: "check the disk (dmesg) and the free space",
+    SQLITE_FULL: "free some disk space",
+    SQLITE_CANTOPEN: "check the state folder exists and the agent's user may write to it",
+}
+# Python < 3.11 has no sqlite_errorcode: the message of each transient code instead.
+_TRANSIENT_TEXT = (
+    ("locked", SQLITE_BUSY),
+    ("out of memory", SQLITE_NOMEM),
+    ("disk I/O error", SQLITE_IOERR),
+    ("is full", SQLITE_FULL),
+    ("unable to open", SQLITE_CANTOPEN),
+)
+
+
+def _primary_code(err: sqlite3.Error) -> int | None:
+    code = getattr(err, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
     text = str(err)
-    if isinstance(err, sqlite3.OperationalError) or "locked" in text or "full" in text or "I/O" in text:
-        hint = "free some disk space" if "full" in text else "it will be retried"
+    return next((c for words, c in _TRANSIENT_TEXT if words in text), None)
+
+
+def translate(err: sqlite3.Error, path: Path | str, doing: str) -> TransientError | FatalError:
+    """The edge-agent error for a ``sqlite3`` error raised while ``doing`` something on ``path``:
+    ``TransientError`` when trying again later may work, else ``FatalError``. Neither says
+    what the caller will do about it."""
+    text = str(err)
+    hint = _TRANSIENT_HINTS.get(_primary_code(err) or -1)
+    if hint is not None:
         return TransientError(f"{path}: SQLite error while {doing}: {text}; {hint}")
     return FatalError(
-        f"{path}: SQLite error while {doing}: {text}; if the file is corrupt, move it aside "
-        "and restart: the agent creates a new one"
+        f"{path}: SQLite error while {doing}: {text}; if the file is corrupt or not a SQLite "
+        "database, move it aside and restart: the agent creates a new one"
     )
 
 
@@ -59,6 +102,7 @@ class MetricsStore:
         *,
         max_result_rows: int = 500_000,
         clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
     ) -> None:
         self.path = path
         self.max_result_rows = max_result_rows
@@ -69,7 +113,8 @@ class MetricsStore:
         if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
+            # a write waits up to busy_timeout s for another connection's lock, then fails
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout)
             self.db = sqlite_utils.Database(conn)
             if not memory:
                 self.db.enable_wal()
@@ -116,21 +161,32 @@ class MetricsStore:
             self.db.table(name).create(columns, pk=pk, if_not_exists=True)
 
     def add_results(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert per-frame rows (``RESULT_COLUMNS`` order) in one transaction."""
+        """Insert per-frame rows (``RESULT_COLUMNS`` order) in one transaction.
+
+        Raises (``TransientError`` / ``FatalError``) only when the rows were not written: then
+        none of them were. Pruning the oldest rows afterwards is housekeeping: when it fails,
+        it is logged and tried again after the next batch, and the batch still counts as written.
+        """
         if not rows:
             return
-        sql = _INSERT_RESULTS
-        with self._locked("writing results") as conn:
+        with self._locked(f"writing {len(rows)} result rows") as conn:
             with conn:
-                conn.executemany(sql, rows)
+                conn.executemany(_INSERT_RESULTS, rows)
             self._since_prune += len(rows)
-            if self._since_prune >= _PRUNE_EVERY:
-                self._since_prune = 0
+        if self._since_prune >= _PRUNE_EVERY:
+            self._prune()
+
+    def _prune(self) -> None:
+        try:
+            with self._locked("pruning old results") as conn:
                 with conn:
                     conn.execute(
                         "DELETE FROM results WHERE id <= (SELECT MAX(id) FROM results) - ?",
                         (self.max_result_rows,),
                     )
+                self._since_prune = 0
+        except EdgeAgentError as err:
+            log.warning("%s; the results were written, pruning is tried again after the next batch", err)
 
     def add_event(
         self, kind: str, detail: dict[str, Any] | str = "", level: str = "info", ts: float | None = None

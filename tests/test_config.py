@@ -166,3 +166,180 @@ def test_the_example_in_docs_deploy_is_a_valid_config() -> None:
     assert block is not None
     cfg = parse_config(tomllib.loads(block.group(1)), "docs/deploy.md")
     assert cfg.model == "blazeface" and cfg.source == "/dev/video0" and cfg.probation.frames == 300
+
+
+# --------------------------------------------------------------------------- strict, single-sourced parsing
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("127.0.0.1:8470", ("127.0.0.1", 8470)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("localhost:65535", ("localhost", 65535)),
+        (":8470", ("127.0.0.1", 8470)),
+        ("8470", ("127.0.0.1", 8470)),
+        (" 127.0.0.1:8470 ", ("127.0.0.1", 8470)),
+        ("unix:/run/edge-agent/control.sock", Path("/run/edge-agent/control.sock")),
+        ("off", None),
+        ("OFF", None),
+    ],
+)
+def test_parse_control_address_accepts_the_documented_forms(spec: str, want: object) -> None:
+    from agent.config import parse_control_address
+
+    assert parse_control_address(spec) == want
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "nonsense",
+        "",
+        "unix:",
+        "unix:/" + "x" * 107,  # longer than sockaddr_un.sun_path: bind() would fail at run time
+        "127.0.0.1:",
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        "127.0.0.1:8_470",
+        "127.0.0.1:+80",
+        "127.0.0.1:８０",  # fullwidth digits: int() takes them, a socket does not
+        "host name:80",
+        "[::1]:8470",
+        "999.1.1.1:80",
+    ],
+)
+def test_parse_control_address_rejects_what_the_daemon_cannot_serve(spec: str) -> None:
+    from agent.config import parse_control_address
+
+    with pytest.raises(ConfigError, match="control address"):
+        parse_control_address(spec)
+
+
+def test_control_is_checked_fully_when_the_file_is_parsed(tmp_path: Path) -> None:
+    path = write(tmp_path, 'control = "nonsense"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert str(path) in text and "'control'" in text and "HOST:PORT" in text and "unix:/path" in text
+    assert load_config(write(tmp_path, 'control = "Off"\n')).control == "off"  # what the daemon compares
+    assert load_config(write(tmp_path, "control = 8470\n")).control == "8470"
+    with pytest.raises(ConfigError, match="--control"):
+        apply_overrides(Config(), {"control": "unix:"})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('threads = "4"', "threads"),
+        ('max_frames = "10"', "max_frames"),
+        ('max_frames = " 10"', "max_frames"),
+        ("threads = 2.0", "threads"),
+        ('[probation]\nframes = "300"', "frames"),
+    ],
+)
+def test_integers_must_be_toml_integers(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError, match="expected an integer") as err:
+        load_config(path)
+    assert repr(key) in str(err.value) or f".{key}" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seconds = nan",
+        "seconds = inf",
+        "max_error_rate = 1.5",
+        "min_confidence_ratio = -0.1",
+        "min_confidence_ratio = 2",
+    ],
+)
+def test_probation_numbers_are_finite_and_rates_within_0_1(tmp_path: Path, text: str) -> None:
+    # the same bounds a bundle manifest's probation section has (inference.bundle)
+    with pytest.raises(ConfigError, match="probation"):
+        load_config(write(tmp_path, f"[probation]\n{text}\n"))
+    assert load_config(write(tmp_path, "[probation]\nmax_error_rate = 1\nseconds = 0.5\n")).probation == (
+        ProbationConfig(seconds=0.5, max_error_rate=1.0)
+    )
+
+
+# `config check` and `run` on the same file: the same verdict, the same message, exit code 2.
+# Each config is a runnable one (tiny ONNX model, synthetic source, 3 frames) with one bad line.
+BAD_LINES = [
+    'control = "nonsense"',
+    'control = "unix:"',
+    'control = "127.0.0.1:99999"',
+    'threads = "4"',
+    'max_frames = "3"',
+    "threads = 0",
+    'runtime = "tensorflow"',
+    '[probation]\nframes = "300"',
+    "[probation]\nseconds = nan",
+    "[probation]\nmax_error_rate = 1.5",
+]
+
+
+def _runnable(tmp_path: Path, model: Path, extra: str, *, source: bool = True) -> Path:
+    head = f'model = "{model}"\nstate_dir = "{tmp_path / "state"}"\nmax_frames = 3\n'
+    if source:
+        head += 'source = "synthetic:16x16@30"\n'
+    if "max_frames" in extra:
+        head = head.replace("max_frames = 3\n", "")
+    return write(tmp_path, head + extra + "\n")
+
+
+def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """``edge-agent ARGV`` in this process: the exit code and its ``edge-agent: error:`` lines."""
+    import logging
+
+    from agent.cli import main
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        code = main(argv)
+    finally:  # `run` installs its log handler on the root logger (on the captured stderr)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("edge-agent: error:")]
+
+
+@pytest.mark.parametrize("bad", BAD_LINES)
+def test_config_check_and_run_reject_the_same_configs_alike(
+    tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    path = _runnable(tmp_path, tiny_models["classifier"], bad)
+    check_code, check_err = _main(["config", "check", str(path)], capsys)
+    run_code, run_err = _main(["run", "--config", str(path)], capsys)
+    assert (check_code, run_code) == (2, 2), (check_err, run_err)
+    assert check_err == run_err and len(check_err) == 1 and str(path) in check_err[0]
+
+
+def test_config_check_rejects_a_file_that_run_cannot_complete(
+    tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a bare model file and no source: `run --config` (what the systemd unit does) refuses it
+    path = _runnable(tmp_path, tiny_models["classifier"], "", source=False)
+    check_code, check_err = _main(["config", "check", str(path)], capsys)
+    run_code, run_err = _main(["run", "--config", str(path)], capsys)
+    assert (check_code, run_code) == (2, 2), (check_err, run_err)
+    assert check_err == run_err and "no source given" in check_err[0]
+
+
+def test_config_check_and_run_accept_the_same_good_config(
+    tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _runnable(tmp_path, tiny_models["classifier"], 'control = "off"\nthreads = 1')
+    assert _main(["config", "check", str(path)], capsys) == (0, [])
+    assert _main(["run", "--config", str(path)], capsys) == (0, [])
+
+
+def test_a_bad_control_flag_is_rejected_before_anything_runs(
+    tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _runnable(tmp_path, tiny_models["classifier"], "")
+    code, err = _main(["run", "--config", str(path), "--control", "nonsense"], capsys)
+    assert code == 2 and len(err) == 1 and "--control" in err[0] and "nonsense" in err[0]
