@@ -11,11 +11,10 @@ from agent.control import ControlServer, RequestError
 from agent.handle import ModelHandle
 from agent.manager import ModelManager
 from agent.pipeline import Pipeline
-from inference.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-NO_STORE = "this agent runs without a model store: start it with --models-dir to manage versions"
+NO_STORE = "this agent runs without a model store: start it with --state-dir to manage versions"
 
 
 class DaemonController:
@@ -42,6 +41,9 @@ class DaemonController:
         return self.manager
 
     def healthy(self) -> bool:
+        """The inference loop is alive and a loaded model serves."""
+        if self.manager is not None and self.manager.healthy() is not None:
+            return False
         return self.clock() - self.pipeline.heartbeat < self.stale_after
 
     def status(self) -> dict[str, Any]:
@@ -73,8 +75,8 @@ class DaemonController:
             return [{"name": m.name, "version": m.version, "sha256": m.sha256, "current": True}]
         return self.manager.models()
 
-    def activate(self, version: int, name: str | None = None) -> dict[str, Any]:
-        return self._manager().activate(version, name)
+    def activate(self, version: int, name: str | None = None, force: bool = False) -> dict[str, Any]:
+        return self._manager().activate(version, name, force=force)
 
     def rollback(self) -> dict[str, Any]:
         return self._manager().rollback()
@@ -87,18 +89,18 @@ class DaemonController:
 
 
 class ControlService:
-    """The control server as a daemon service; a port it cannot bind is logged, not fatal."""
+    """The control server as a daemon service. A configured API that cannot listen fails the
+    start (before ``READY=1``, so systemd restarts with back-off): ``control = "off"`` is the
+    way to run without one."""
 
-    def __init__(self, address: str, controller: DaemonController) -> None:
+    def __init__(self, address: str, controller: DaemonController, token: str | None = None) -> None:
         self.address = address
         self.controller = controller
+        self.token = token
         self.server: ControlServer | None = None
 
     def start(self) -> None:
-        try:
-            self.server = ControlServer(self.address, self.controller).start()
-        except ConfigError as err:
-            log.error("%s; serving frames without the control API", err)
+        self.server = ControlServer(self.address, self.controller, token=self.token).start()
 
     def stop(self) -> None:
         if self.server is not None:

@@ -8,7 +8,15 @@ serve nothing, and ``start`` raises ``EdgeAgentError`` for an exit code of 1):
 2. the first model (zoo name, bundle folder or bare model file);
 3. the source (opened here, so a camera that is missing is reported before anything runs);
 4. sinks: the results JSON lines (``--results``) and ``<state>/metrics.db``;
-5. the pipeline; ``READY=1``; the watchdog switches to the inference loop's heartbeat.
+5. the pipeline, then the services beside it (the model manager's worker, the drop-folder
+   watcher, the control API): a configured service that cannot start fails the start here,
+   before ``READY=1``, so systemd restarts with back-off instead of running half an agent;
+6. ``READY=1``; the watchdog switches to the inference loop's heartbeat, which also goes
+   stale while no model can be loaded (``ModelManager.healthy``), so systemd restarts.
+
+The state root (``--state-dir``, or ``$STATE_DIRECTORY`` under systemd) holds the model
+store and everything else of DESIGN §4; the store and its updates are on when the state root
+was given (flag, config or systemd), or with the deprecated ``--models-dir``.
 
 Then ``serve`` runs the inference loop on the main thread until the source ends,
 ``max_frames`` is reached, or SIGTERM/SIGINT (finish the frame, flush, exit 0). SIGHUP
@@ -31,7 +39,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from agent.config import LIVE_KEYS, Config, apply_overrides, changed_keys, load_config
-from agent.control import DEFAULT_PORT
+from agent.control import default_address, ensure_token, parse_address
 from agent.controller import ControlService, DaemonController
 from agent.handle import ModelHandle
 from agent.manager import ManagerPolicy, ModelManager
@@ -43,10 +51,11 @@ from agent.sinks import JsonlSink, Sink, SqliteSink
 from agent.source import Source, open_source
 from inference.errors import BundleError, ConfigError, EdgeAgentError
 from inference.runtime import RuntimeOptions
+from monitoring.job_history import JobHistory
 from monitoring.metrics_store import MetricsStore
 from ota.drop_folder import DropFolderWatcher
-from ota.job_history import JobHistory
 from ota.store import ModelStore
+from ota.update_events import UpdateEvents
 from ota.update_machine import UpdateMachine
 
 if TYPE_CHECKING:
@@ -55,7 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent")
 
 STATUS_EVERY_S = 10.0
-DEFAULT_CONTROL = f"127.0.0.1:{DEFAULT_PORT}"  # served by default when there is a model store
 
 
 class Service(Protocol):
@@ -133,6 +141,7 @@ class Daemon:
         stderr: TextIO | None = None,
         progress: bool | None = None,
         notifier: Notifier | None = None,
+        manager_hooks: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -143,6 +152,7 @@ class Daemon:
         tty = self.stderr.isatty() if progress is None else progress
         self.line = LiveLine(self.stderr) if tty else None
         self.notifier = notifier or Notifier.from_env()
+        self.manager_hooks = dict(manager_hooks or {})  # fault points (ModelManager's ``faults``)
         self.state_dir = config.state_dir or default_state_dir(self.env)
         self.handle: ModelHandle | None = None
         self.manager: ModelManager | None = None
@@ -152,6 +162,7 @@ class Daemon:
         self.results_sink: JsonlSink | None = None
         self.sinks: list[Sink] = []
         self.services: list[Service] = []
+        self.started: list[Service] = []
         self.watchdog: Watchdog | None = None
         self.progress: Progress | None = None
         self._signals = 0
@@ -178,9 +189,10 @@ class Daemon:
             ) from None
         assert cfg.source is not None
         self._open_metrics()
-        if cfg.models_dir is not None:
-            self.status(f"opening the model store {cfg.models_dir}")
-            self.manager = self._make_manager(cfg.models_dir)
+        store_root = self._store_root()
+        if store_root is not None:
+            self.status(f"opening the model store {store_root}")
+            self.manager = self._make_manager(store_root)
             model = self.manager.boot(seed=resolve_model(cfg.model) if cfg.model else None)
         else:
             assert cfg.model is not None
@@ -209,15 +221,60 @@ class Daemon:
             self.services.append(
                 DropFolderWatcher(self.manager.store.incoming_dir, self.manager.on_candidate)
             )
-        control = cfg.control or (DEFAULT_CONTROL if self.manager is not None else None)
+        control = cfg.control or (default_address(self.state_dir) if self.manager is not None else None)
         if control and control != "off":
             controller = DaemonController(self.pipeline, self.handle, self.manager)
-            self.services.append(ControlService(control, controller))
+            token = None if isinstance(parse_address(control), Path) else ensure_token(self.state_dir)
+            self.services.append(ControlService(control, controller, token))
+        self._start_services()
         if self.store is not None:
             self.store.add_event(
                 "start",
                 {"model": model.name, "version": model.version, "sha256": model.sha256, "source": cfg.source},
             )
+
+    def _store_root(self) -> Path | None:
+        """Where the model store lives, or None to run the one model without a store."""
+        cfg = self.config
+        if cfg.models_dir is not None:
+            log.warning(
+                "--models-dir (models_dir) is deprecated and goes away in the next release: the "
+                "model store lives in the state root; use --state-dir %s",
+                cfg.models_dir,
+            )
+            if (
+                cfg.state_dir is not None
+                and Path(cfg.state_dir).absolute() != Path(cfg.models_dir).absolute()
+            ):
+                raise ConfigError(
+                    f"--models-dir {cfg.models_dir} and --state-dir {cfg.state_dir} differ: the model "
+                    "store lives in the state root; give --state-dir alone"
+                )
+            return Path(cfg.models_dir)
+        if cfg.state_dir is not None or self.env.get("STATE_DIRECTORY"):
+            return self.state_dir
+        return None
+
+    def _start_services(self) -> None:
+        """Start the services in order; one that cannot start fails the start (see step 5)."""
+        for service in self.services:
+            service.start()
+            self.started.append(service)
+
+    def _stop_services(self) -> None:
+        for service in reversed(self.started):
+            try:
+                service.stop()
+            except EdgeAgentError as err:
+                log.warning("stopping %s: %s", type(service).__name__, err)
+        self.started = []
+
+    def _heartbeat(self) -> float:
+        """The pipeline's heartbeat, or "never" while no model can be loaded (the watchdog stops)."""
+        assert self.pipeline is not None
+        if self.manager is not None and self.manager.healthy() is not None:
+            return float("-inf")
+        return self.pipeline.heartbeat
 
     def _load_model(self, spec: str) -> LoadedModel:
         from inference.model import load_model
@@ -241,14 +298,26 @@ class Daemon:
             swap_policy=cfg.swap_policy,
             probation_frames=p.frames,
             probation_seconds=p.seconds,
+            probation_max_seconds=p.max_seconds,
+            on_thin_evidence=p.on_thin_evidence,
             max_error_rate=p.max_error_rate,
             min_confidence_ratio=p.min_confidence_ratio,
             allow_downgrade=cfg.allow_downgrade,
         )
-        history = JobHistory(self.store) if self.store is not None else None
+        events = UpdateEvents()
+        if self.store is not None:
+            events.subscribe(JobHistory(self.store))
         options = RuntimeOptions(threads=cfg.threads, providers=cfg.providers)
         runtime = None if cfg.runtime == "auto" else cfg.runtime
-        return ModelManager(store, machine, options=options, runtime=runtime, policy=policy, history=history)
+        return ModelManager(
+            store,
+            machine,
+            options=options,
+            runtime=runtime,
+            policy=policy,
+            events=events,
+            **self.manager_hooks,
+        )
 
     def _make_sinks(self) -> list[Sink]:
         sinks: list[Sink] = []
@@ -353,25 +422,13 @@ class Daemon:
             pipeline.stats, line=self.line, log_every=5.0 if self.demo else 60.0, hooks=hooks
         ).start()
         if self.watchdog is not None:
-            self.watchdog.heartbeat = lambda: pipeline.heartbeat
+            self.watchdog.heartbeat = self._heartbeat
         self.notifier.ready(f"serving {model.name} v{model.version} on {self.config.source}")
-        started: list[Service] = []
         try:
-            for service in self.services:
-                try:
-                    service.start()
-                except EdgeAgentError as err:  # serving frames matters more than any side service
-                    log.error("%s; serving frames without %s", err, type(service).__name__)
-                    continue
-                started.append(service)
             stats = pipeline.run()
         finally:
             self.notifier.stopping("stopping")
-            for service in reversed(started):
-                try:
-                    service.stop()
-                except Exception:
-                    log.exception("stopping %r failed", service)
+            self._stop_services()
             self.progress.stop()
             for sig, old in installed.items():
                 signal.signal(sig, old)
@@ -379,6 +436,7 @@ class Daemon:
         return stats
 
     def close(self, stats: PipelineStats | None = None) -> None:
+        self._stop_services()
         for sink in self.sinks:
             try:
                 sink.close()

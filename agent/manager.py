@@ -1,48 +1,41 @@
-"""``ModelManager``: owns the live ``ModelHandle``; validates, swaps, watches and rolls back.
+"""``ModelManager``: the job runner, and the one place that decides what serves.
 
-One update at a time runs on the manager's worker thread, through the persisted
-``UpdateMachine`` (ota/update_machine.py): every transition is on disk before its step
-runs, and goes to the log and to the ``jobs`` table (ota/job_history.py).
+Every request for a version becomes a persisted ``UpdateJob`` (ota/update_job.py), queued in
+``update-state.json`` before it is acknowledged; one worker thread runs the jobs in order
+through the persisted ``UpdateMachine`` (every transition is on disk before its step runs)
+and emits one ``UpdateEvents`` event per step and outcome.
 
-    candidate (drop folder, control API, MQTT later)
+    deploy (drop folder; MQTT next)
       FETCHING    the job is accepted (a local path needs no download)
       VERIFYING   ModelStore.import_bundle: copy into staging, sha256/size/manifest, rename
-                  into models/; then the rules: pinned, downgrade, already serving
-      STAGED      the version is in the store
-      VALIDATING  the validation gate (ota/validation.py), in a child process with a timeout
-                  for candidates from outside, on the bundle's golden pairs and recent frames
-      ACTIVATING  load + warm up, ``current``/``previous`` pointers, swap the handle
-      PROBATION   N frames and/or T seconds of live traffic; fails on inference errors,
-                  NaN/Inf outputs, p95 latency over budget, or a collapse of confidence or of
-                  the detection rate against the previous version's recent figures
-      COMMITTED   gc, counters; the previous model is unloaded
+                  into models/; then the rules: pin, downgrade, release counter, already serving
+      STAGED      the version is in the store      (an ``activate`` job starts here, same rules)
+      VALIDATING  the validation gate, in a child process with a timeout, on the bundle's
+                  golden pairs and recent live frames
+      ACTIVATING  the previous version's figures (the probation baseline) are on disk first;
+                  then ``Swapper.activate`` and the ``current``/``previous`` pointers
+      PROBATION   ``ProbationPolicy`` (ota/probation.py) judges the live figures
+      COMMITTED   SUCCEEDED; the standby is unloaded, gc
+    rollback      ROLLING_BACK to what served before the job, FAILED (rolled_back)
 
-Swap policies: ``availability`` loads the candidate beside the serving model and swaps the
-reference between two frames; the previous model stays loaded through probation so a
-rollback is a reference swap made the moment a health rule fails.
-``memory`` (devices that cannot hold two models) drains the pipeline between two frames,
-unloads the old model, loads the new one, and reports the gap (``last_gap_ms``).
+Decisions about what serves are taken under one lock (``_lock``), whoever asks: the
+probation verdict (on the results thread), a manual rollback or activation (the control
+thread), a resumed job (the worker). The first verdict of a probation wins; a rejected
+candidate is swapped out on the spot (``Swapper.revert_now``), the persisted part follows
+on the worker. Manual actions obey the same rules as jobs (pin, downgrade, release
+counter) unless ``force`` is given, which is logged and recorded in the job.
 
-The health verdict is taken on the pipeline's results thread (``write``/``on_error`` are the
-manager's sink hooks) and the rollback swap happens there at once; the persisted part
-(ROLLING_BACK, pointers, FAILED) follows on the worker. A crash in between leaves PROBATION
-on disk, and the restart rules (resume, or roll back past ``max_attempts``) take over.
-
-``EDGE_AGENT_CRASH_AT=<STATE>`` (tests only) SIGKILLs the process right after that state is
-persisted, before its step runs.
+``faults`` is called with ``"after:<STATE>"`` once a state is on disk, and by the swapper
+with the name of each of its steps: the fault points the crash and swap tests inject into.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
 import shutil
-import signal
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,33 +45,28 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.control import RequestError
 from agent.handle import ModelHandle
 from agent.source import Frame
-from inference.errors import BundleError, EdgeAgentError, ValidationError
-from inference.fsio import atomic_write_json
+from agent.swapper import Swapper, is_loaded
+from inference.errors import BundleError, ConfigError, EdgeAgentError
 from inference.model import LoadedModel, load_model
 from inference.result import Result
 from inference.runtime import RuntimeOptions
-from ota.job_history import JobHistory
+from ota.probation import Baseline, Decision, ProbationFigures, ProbationPolicy, Verdict, fail
 from ota.store import ModelStore, StoredVersion
-from ota.update_machine import (
-    Action,
-    Event,
-    State,
-    UpdateMachine,
-    VersionRef,
-    abandon_event,
-    resume_action,
-)
+from ota.update_events import JobEvent, JobStatus, UpdateEvents, log_event, status_for
+from ota.update_job import UpdateJob, VersionRef, new_job_id
+from ota.update_machine import Action, Event, State, UpdateMachine, abandon_event, resume_action
 from ota.validation import ValidationPolicy, ValidationReport, validate, validate_isolated
 
 log = logging.getLogger(__name__)
 
 SWAP_POLICIES = ("availability", "memory")
-RECENT = 256  # frames of the serving model kept for the probation comparison
+RECENT = 256  # results of the serving model kept for the probation baseline
 LIVE_FRAMES = 4  # recent frames handed to validation
 REJECTED_KEEP = 5  # refused drops kept in incoming/.rejected/ for a look
-BASELINE_FILE = "probation-baseline.json"  # the previous version's figures for a resumed probation
+TICK_S = 0.2  # the worker re-judges probation this often without frames (the deadline)
 
 
 @dataclass(frozen=True)
@@ -86,9 +74,11 @@ class ManagerPolicy:
     swap_policy: str = "availability"
     probation_frames: int | None = None  # None: manifest, else 100
     probation_seconds: float | None = None  # None: manifest, else 0
+    probation_max_seconds: float | None = None  # None: manifest, else 600
+    on_thin_evidence: str | None = None  # None: manifest, else "rollback"
     max_error_rate: float | None = None  # None: manifest, else 0.05
     min_confidence_ratio: float | None = None  # None: manifest, else 0.5
-    latency_budget_ms: float | None = None  # p95 during probation; None: manifest validation budget
+    latency_budget_ms: float | None = None  # p95 inference time; None: manifest validation budget
     allow_downgrade: bool = False
     isolate_validation: bool = True
     validation: ValidationPolicy = field(default_factory=ValidationPolicy)
@@ -97,92 +87,11 @@ class ManagerPolicy:
 
 @dataclass
 class _Probation:
-    """Health figures of a candidate on live frames; updated on the inference thread only."""
-
     candidate: LoadedModel
-    previous: LoadedModel | None
-    need_frames: int
-    need_seconds: float
-    max_error_rate: float
-    min_confidence_ratio: float
-    budget_ms: float | None
-    prev_confidence: float | None
-    prev_detection_rate: float | None
-    started: float
-    frames: int = 0
-    errors: int = 0
-    confidence_sum: float = 0.0
-    detector_frames: int = 0  # frames decoded as detections (detectors only)
-    detection_frames: int = 0  # of those, frames with at least one detection
-    latencies: list[float] = field(default_factory=list)
-    verdict: str | None = None  # None while pending; "" passed; else the failure reason
-    decided_at: float = 0.0
+    policy: ProbationPolicy
+    figures: ProbationFigures
+    verdict: Verdict | None = None
     done: threading.Event = field(default_factory=threading.Event)
-
-    def decide(self, verdict: str, now: float) -> None:
-        self.verdict = verdict
-        self.decided_at = now
-        self.done.set()
-
-    def evaluate(self, now: float, final: bool) -> str | None:
-        """The failure reason, "" for a pass, or None while undecided."""
-        seen = self.frames + self.errors
-        if self.errors and seen >= 5 and self.errors / seen > self.max_error_rate:
-            return f"inference errors on {self.errors} of {seen} frames (max rate {self.max_error_rate:g})"
-        if self.errors >= 5 and self.frames == 0:
-            return f"inference failed on all of the first {self.errors} frames"
-        if not final and (self.frames < self.need_frames or now - self.started < self.need_seconds):
-            return None
-        if self.frames == 0:
-            return None
-        if self.budget_ms is not None and self.latencies:
-            p95 = float(np.percentile(self.latencies, 95))
-            if p95 > self.budget_ms:
-                return f"p95 latency {p95:.1f} ms is over the budget of {self.budget_ms:g} ms"
-        conf = self.confidence_sum / self.frames
-        prev_conf = self.prev_confidence
-        if prev_conf is not None and prev_conf > 0.05 and conf < self.min_confidence_ratio * prev_conf:
-            return (
-                f"confidence collapsed: mean {conf:.3f} against {prev_conf:.3f} for the "
-                f"previous version (min ratio {self.min_confidence_ratio:g})"
-            )
-        rate = self.detection_frames / max(1, self.detector_frames)
-        prev_rate = self.prev_detection_rate
-        if (
-            self.detector_frames
-            and prev_rate is not None
-            and prev_rate > 0.2
-            and rate < self.min_confidence_ratio * prev_rate
-        ):
-            return (
-                f"detection rate collapsed: {rate:.2f} of frames against {prev_rate:.2f} "
-                f"for the previous version (min ratio {self.min_confidence_ratio:g})"
-            )
-        return ""
-
-
-@dataclass(frozen=True)
-class _Job:
-    kind: str  # "path" | "version" | "rollback"
-    job_id: str
-    origin: str
-    path: Path | None = None
-    version: StoredVersion | None = None
-    explicit: bool = False
-
-
-def _ref(v: StoredVersion | None) -> VersionRef | None:
-    if v is None:
-        return None
-    return VersionRef(v.name, v.version, v.sha256, v.ref, v.release_counter)
-
-
-def _close_all(models: list[LoadedModel]) -> None:
-    for m in models:
-        try:
-            m.close()
-        except Exception:
-            log.exception("unloading %s failed", m)
 
 
 def _remove(path: Path) -> None:
@@ -192,12 +101,8 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _serves(model: LoadedModel, v: StoredVersion) -> bool:
-    return (model.name, model.version, model.sha256) == (v.name, v.version, v.sha256)
-
-
-def _new_job_id(origin: str) -> str:
-    return f"{origin}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+def _identity(v: StoredVersion) -> tuple[str, int, str]:
+    return (v.name, v.version, v.sha256)
 
 
 class ModelManager:
@@ -211,9 +116,11 @@ class ModelManager:
         options: RuntimeOptions | None = None,
         runtime: str | None = None,
         policy: ManagerPolicy | None = None,
-        history: JobHistory | None = None,
+        events: UpdateEvents | None = None,
         clock: Callable[[], float] = time.monotonic,
         loader: Callable[..., LoadedModel] = load_model,
+        faults: Callable[[str], None] = lambda point: None,
+        before_verdict: Callable[[Verdict], None] | None = None,
     ) -> None:
         self.store = store
         self.machine = machine
@@ -221,73 +128,104 @@ class ModelManager:
         self.runtime = runtime
         self.policy = policy or ManagerPolicy()
         if self.policy.swap_policy not in SWAP_POLICIES:
-            raise ValueError(f"swap policy {self.policy.swap_policy!r}: use one of {SWAP_POLICIES}")
-        self.history = history
+            raise ConfigError(f"swap policy {self.policy.swap_policy!r}: use one of {SWAP_POLICIES}")
+        self.events = events or UpdateEvents()
+        self.events.subscribe(log_event)
         self.clock = clock
         self.loader = loader
-        self.handle: ModelHandle | None = None
-        self._between_frames: Callable[[Callable[[], object]], None] | None = None
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._probation: _Probation | None = None
-        self._resume_probation = False  # boot found a job in ACTIVATING/PROBATION: resume it once attached
-        self._prev_model: LoadedModel | None = None  # availability: the replaced model, kept warm
-        self._probation_candidate: LoadedModel | None = None  # a candidate rejected on probation
-        self._snap: tuple[float | None, float | None] = (None, None)  # previous confidence, detection rate
-        self._retiring: list[LoadedModel] = []  # replaced models waiting to be unloaded (see _retire)
-        self._retire_lock = threading.Lock()
+        self.faults = faults
+        self.before_verdict = before_verdict
         self._recent_conf: deque[float] = deque(maxlen=RECENT)
         self._recent_det: deque[int] = deque(maxlen=RECENT)
         self._recent_frames: deque[npt.NDArray[np.uint8]] = deque(maxlen=LIVE_FRAMES)
         self._frame_every = 30
-        self._crash_at = os.environ.get("EDGE_AGENT_CRASH_AT", "").upper()
+        self.swapper = Swapper(
+            lambda path: self.loader(path, self.options, self.runtime),
+            policy=self.policy.swap_policy,
+            warmup_runs=self.policy.warmup_runs,
+            warm_frame=lambda: self._recent_frames[-1] if self._recent_frames else None,
+            faults=faults,
+        )
+        self._lock = threading.RLock()  # every decision about what serves
+        self._cond = threading.Condition()  # the worker's wake-up: a job queued, a stop
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._running: str | None = None  # id of the job the worker runs
+        self._probation: _Probation | None = None
+        self._resume_probation = False
         self.last_job: dict[str, Any] = {}
-        self.last_gap_ms: float | None = None
-        self.last_rollback_ms: float | None = None  # the swap back itself, on the inference thread
-        self.last_decision_at: float | None = None  # time.monotonic() of the last probation verdict
-        self.busy = threading.Event()  # set while a job runs (tests and benchmarks wait on it)
+        self.last_rollback_ms: float | None = None  # the swap back itself
+        self.last_decision_at: float | None = None  # time.monotonic() of the last failed verdict
+
+    @property
+    def handle(self) -> ModelHandle | None:
+        return self.swapper.handle
+
+    @property
+    def last_gap_ms(self) -> float | None:
+        return self.swapper.last_gap_ms
 
     # ------------------------------------------------------------------ persisted transitions
 
-    def _advance(self, event: Event, *, reason: str | None = None, **kw: Any) -> State:
-        before = self.machine.state
+    def _advance(
+        self, event: Event, *, reason: str | None = None, rejected: bool = False, **kw: Any
+    ) -> State:
         after = self.machine.advance(event, reason=reason, **kw)
         rec = self.machine.record
         target = rec.target
-        if self.history is not None:
-            try:
-                self.history.record(
-                    job_id=rec.job_id or "",
-                    source=before.value,
-                    event=event.value,
-                    target=after.value,
-                    reason=reason,
-                    model=target.name if target else None,
-                    version=target.version if target else None,
-                )
-            except EdgeAgentError as err:
-                log.warning("job history: %s", err)
         self.last_job = {
             "job_id": rec.job_id,
             "phase": after.value,
             "reason": rec.reason,
             "outcome": rec.outcome.value if rec.outcome else None,
             "target": target.to_json() if target else None,
+            "force": rec.job.force if rec.job else False,
         }
-        if self._crash_at and self._crash_at == after.value:
-            log.warning("EDGE_AGENT_CRASH_AT=%s: killing the process now", self._crash_at)
-            logging.shutdown()
-            os.kill(os.getpid(), signal.SIGKILL)
+        said = status_for(after, rec.outcome, rejected=rejected)
+        if said is not None:
+            status, what = said
+            self._emit(
+                status,
+                step=what if status is JobStatus.IN_PROGRESS else None,
+                detail=what if status is not JobStatus.IN_PROGRESS else None,
+                reason=reason if status is not JobStatus.IN_PROGRESS else None,
+            )
+        self.faults(f"after:{after.value}")
         return after
 
-    def _fail(self, reason: str) -> None:
+    def _emit(
+        self,
+        status: JobStatus,
+        *,
+        step: str | None = None,
+        detail: str | None = None,
+        reason: str | None = None,
+        job: UpdateJob | None = None,
+    ) -> None:
+        rec = self.machine.record
+        job = job or rec.job
+        target = rec.target if job is None or rec.job is job else job.version
+        self.events.emit(
+            JobEvent(
+                job_id=job.job_id if job else (rec.job_id or ""),
+                status=status,
+                ts=self.events.clock(),
+                phase=rec.phase.value,
+                step=step,
+                detail=detail,
+                reason=reason,
+                origin=job.origin if job else None,
+                model=target.name if target else None,
+                version=target.version if target else None,
+            )
+        )
+
+    def _fail(self, reason: str, *, rejected: bool = False) -> None:
         """ERROR from the current state, then report and RESET when it ends in FAILED."""
-        state = self._advance(Event.ERROR, reason=reason)
+        state = self._advance(Event.ERROR, reason=reason, rejected=rejected)
         if state is State.ROLLING_BACK:
             self._finish_rollback(reason)
             return
-        log.error("update %s failed: %s", self.machine.record.job_id, reason)
         self._advance(Event.RESET)
 
     # ------------------------------------------------------------------ start-up
@@ -295,8 +233,8 @@ class ModelManager:
     def boot(self, seed: Path | None = None) -> LoadedModel:
         """Finish or undo what a crash interrupted, seed an empty store, load ``current``.
 
-        Raises ``BundleError`` when no version can be served.
-        """
+        Raises ``BundleError`` when no version can be served."""
+        self._migrate_pin()
         self._resume()
         if self.store.current() is None:
             if seed is None:
@@ -308,7 +246,28 @@ class ModelManager:
             self.store.set_current(stored)
             self.machine.record_counters(stored.name, stored.version, stored.release_counter)
             log.info("seeded the store with %s", stored)
-        return self._load_serving()
+        elif seed is not None:
+            log.info("the store serves %s; --model only seeds an empty store", self.store.current())
+        model = self._load_serving()
+        self.swapper.adopt(model)
+        return model
+
+    def _migrate_pin(self) -> None:
+        """A ``pin.json`` from an older agent becomes the record's pin."""
+        old = self.store.root / "pin.json"
+        if not old.exists():
+            return
+        try:
+            import json
+
+            data = json.loads(old.read_bytes())
+            v = self.store.get(str(data["name"]), int(data["version"]), str(data["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError, EdgeAgentError) as err:
+            log.warning("%s is unreadable (%s): the pin is dropped; pin again", old, err)
+            v = None
+        if v is not None and self.machine.pin is None:
+            self.machine.set_pin(v.to_ref())
+        old.unlink(missing_ok=True)
 
     def _load_serving(self) -> LoadedModel:
         tried: list[str] = []
@@ -374,11 +333,8 @@ class ModelManager:
         self, handle: ModelHandle, call_between_frames: Callable[[Callable[[], object]], None]
     ) -> None:
         """Give the manager the pipeline's handle and its between-frames hook."""
-        self.handle = handle
-        self._between_frames = call_between_frames
-        if self._resume_probation:
-            self._resume_probation = False
-            self._jobs.put(_Job("resume", self.machine.record.job_id or _new_job_id("resume"), "restart"))
+        self.swapper.handle = handle
+        self.swapper.attach(call_between_frames)
 
     # ------------------------------------------------------------------ service
 
@@ -391,174 +347,229 @@ class ModelManager:
         p = self._probation
         if p is not None:
             p.done.set()
-        self._jobs.put(None)
+        with self._cond:
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        with self._retire_lock:
-            done, self._retiring = self._retiring, []
-        _close_all(done)
+        self.swapper.close()
+
+    def _next_job(self) -> UpdateJob | None:
+        with self._cond:
+            while not self._stopping.is_set():
+                if self._resume_probation:
+                    return None
+                queue = self.machine.queue
+                if queue and self.machine.state is State.IDLE:
+                    self._running = queue[0].job_id
+                    return queue[0]
+                self._cond.wait()
+            return None
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            job = self._jobs.get()
-            if job is None:
+            job = self._next_job()
+            if self._stopping.is_set():
                 return
-            self.busy.set()
             try:
-                self._run_job(job)
-            except Exception as err:
-                log.exception("update job %s failed unexpectedly", job.job_id)
-                try:
-                    if self.machine.state is not State.IDLE:
-                        self._fail(f"internal error: {type(err).__name__}: {err}")
-                except Exception:
-                    log.exception("could not record the failure of %s", job.job_id)
+                if job is None:  # boot found a job in ACTIVATING/PROBATION
+                    self._resume_probation = False
+                    self._probation_step(resumed=True)
+                else:
+                    self._run_job(job)
+            except Exception as err:  # a bug in a step: record it on the job, keep serving
+                log.exception("update job %s failed unexpectedly", job.job_id if job else "resumed")
+                if self.machine.state is not State.IDLE:
+                    self._fail(f"internal error: {type(err).__name__}: {err}")
             finally:
-                if self._jobs.empty():
-                    self.busy.clear()
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+    def idle(self) -> bool:
+        return (
+            self._running is None
+            and not self.machine.queue
+            and self.machine.state is State.IDLE
+            and not self._resume_probation
+        )
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job is queued or running (tests, benchmarks)."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not self.busy.is_set() and self._jobs.empty():
-                return True
-            time.sleep(0.01)
-        return False
+        with self._cond:
+            while not self.idle():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        return True
 
     # ------------------------------------------------------------------ requests
 
+    def _enqueue(self, job: UpdateJob) -> str:
+        with self._cond:
+            if not self.machine.enqueue(job):
+                raise RequestError(f"job {job.job_id} was seen already (replay)", 409)
+            self._emit(JobStatus.QUEUED, job=job, reason=job.describe())
+            self._cond.notify_all()
+        return job.job_id
+
     def submit(self, path: Path, origin: str = "drop-folder") -> str:
         """Queue a candidate bundle (folder, .tar.gz or bare model file); returns the job id."""
-        job = _Job("path", _new_job_id(origin), origin, path=Path(path))
-        self.busy.set()
-        self._jobs.put(job)
-        log.info("update job %s queued: %s", job.job_id, path)
-        return job.job_id
+        job = UpdateJob(new_job_id(origin), "deploy", origin, time.time(), source=str(path))
+        return self._enqueue(job)
 
     def on_candidate(self, path: Path) -> None:
         """The ``DropFolderWatcher`` callback."""
         self.submit(path, "drop-folder")
 
-    def activate(self, version: int, name: str | None = None) -> dict[str, Any]:
+    def activate(self, version: int, name: str | None = None, force: bool = False) -> dict[str, Any]:
         cur = self.store.current()
         name = name or (cur.name if cur else None)
         candidates = [v for v in self.store.versions(name) if v.version == version]
         if not candidates:
-            from agent.control import RequestError
-
             raise RequestError(
                 f"no version {version} of {name} in the store: see `edge-agent models list`", 404
             )
-        if candidates[-1] == cur:
-            from agent.control import RequestError
+        stored = candidates[-1]
+        refusal = self._refusal(stored, force=force)
+        if refusal:
+            raise RequestError(refusal, 409)
+        if force:
+            log.warning(
+                "forced activation of %s (the pin, downgrade and release-counter rules skipped)", stored
+            )
+        job = UpdateJob(
+            new_job_id("activate"), "activate", "control", time.time(), version=stored.to_ref(), force=force
+        )
+        self._enqueue(job)
+        return {"message": f"activating {stored} (job {job.job_id})", "job_id": job.job_id}
 
-            raise RequestError(f"{cur} is already serving", 409)
-        job = _Job("version", _new_job_id("activate"), "control", version=candidates[-1], explicit=True)
-        self.busy.set()
-        self._jobs.put(job)
-        return {"message": f"activating {candidates[-1]} (job {job.job_id})", "job_id": job.job_id}
-
-    def rollback(self) -> dict[str, Any]:
-        p = self._probation
-        if p is not None and p.verdict is None:
-            self._reject_probation(p, "manual rollback requested")
-            return {"message": "rolling back the version on probation"}
-        if self.store.previous() is None or self.store.previous() == self.store.current():
-            from agent.control import RequestError
-
-            raise RequestError("no previous version to roll back to", 409)
-        job = _Job("rollback", _new_job_id("rollback"), "control", explicit=True)
-        self.busy.set()
-        self._jobs.put(job)
-        return {
-            "message": f"rolling back to {self.store.previous()} (job {job.job_id})",
-            "job_id": job.job_id,
-        }
+    def rollback(self, force: bool = False) -> dict[str, Any]:
+        """Back to the previous version: at once for a version on probation, else as a job."""
+        with self._lock:
+            p = self._probation
+            if p is not None and p.verdict is None and self._conclude(p, fail("manual rollback requested")):
+                return {"message": f"rolling back {p.candidate.name} v{p.candidate.version} (on probation)"}
+            cur, prev = self.store.current(), self.store.previous()
+            pending = p is not None and p.verdict is not None and p.verdict.decision is Decision.PASS
+            if not pending and (prev is None or prev == cur):
+                raise RequestError("no previous version to roll back to", 409)
+            pin = self.machine.pin
+            if pin is not None and not force:
+                raise RequestError(
+                    f"{pin.name} v{pin.version} is pinned: unpin it (`edge-agent models unpin`) "
+                    "or use --force",
+                    409,
+                )
+            job = UpdateJob(new_job_id("rollback"), "rollback", "control", time.time(), force=force)
+            self._enqueue(job)
+        return {"message": f"rolling back (job {job.job_id})", "job_id": job.job_id}
 
     def pin(self, version: int | None) -> dict[str, Any]:
-        target = None
+        cur = self.store.current()
+        target = cur
         if version is not None:
-            cur = self.store.current()
             matches = [v for v in self.store.versions(cur.name if cur else None) if v.version == version]
             if not matches:
-                from agent.control import RequestError
-
                 raise RequestError(f"no version {version} in the store", 404)
             target = matches[-1]
-        pinned = self.store.pin(target)
-        return {"message": f"pinned {pinned}"}
+        if target is None:
+            raise RequestError("nothing to pin: no current version", 409)
+        self.machine.set_pin(target.to_ref())
+        return {"message": f"pinned {target}"}
 
     def unpin(self) -> dict[str, Any]:
-        self.store.unpin()
+        self.machine.set_pin(None)
         return {"message": "unpinned"}
 
     # ------------------------------------------------------------------ jobs
 
-    def _run_job(self, job: _Job) -> None:
-        if job.kind == "resume":
-            self._probation_step(resumed=True)
+    def _reject_queued(self, job: UpdateJob, reason: str) -> None:
+        """A queued job refused before it started: nothing changed."""
+        self.machine.drop_queued(job.job_id)
+        self._emit(JobStatus.REJECTED, job=job, reason=reason)
+
+    def _run_job(self, job: UpdateJob) -> None:
+        if job.action == "rollback":
+            with self._lock:
+                cur, prev = self.store.current(), self.store.previous()
+                pin = self.machine.pin
+                if pin is not None and not job.force:
+                    self._reject_queued(job, f"{pin.name} v{pin.version} is pinned")
+                    return
+                if prev is None or prev == cur:
+                    self._reject_queued(job, "no previous version to roll back to")
+                    return
+                # "previous" is always where a rollback goes; "target" is what it leaves
+                self._advance(
+                    Event.ROLLBACK,
+                    job_id=job.job_id,
+                    job=job,
+                    target=cur.to_ref() if cur else None,
+                    previous=prev.to_ref(),
+                    reason="manual rollback" + (" (forced)" if job.force else ""),
+                )
+                self._finish_rollback("manual rollback")
             return
-        if self.machine.state is not State.IDLE:
-            log.error("job %s skipped: the update machine is in %s", job.job_id, self.machine.state.value)
-            return
-        if job.kind == "rollback":
-            cur, prev = self.store.current(), self.store.previous()
-            # "previous" is always where a rollback goes; "target" is what it leaves
-            self._advance(
-                Event.ROLLBACK,
-                job_id=job.job_id,
-                target=_ref(cur),
-                previous=_ref(prev),
-                reason="manual rollback",
-            )
-            self._finish_rollback("manual rollback")
-            return
-        if job.kind == "version":
-            assert job.version is not None
+        if job.action == "activate":
+            stored = self._stored(job.version)
+            refusal = "the version is not in the store any more" if stored is None else None
+            refusal = refusal or self._refusal(stored, force=job.force)  # type: ignore[arg-type]
+            if refusal or stored is None:
+                self._reject_queued(job, refusal or "not in the store")
+                return
             self._advance(
                 Event.SELECT,
                 job_id=job.job_id,
-                target=_ref(job.version),
-                previous=_ref(self.store.current()),
-                reason="explicit activation",
+                job=job,
+                target=stored.to_ref(),
+                previous=self._current_ref(),
+                reason="explicit activation" + (" (forced)" if job.force else ""),
             )
-            stored = job.version
         else:
-            assert job.path is not None
+            assert job.source is not None
+            path = Path(job.source)
             self._advance(
                 Event.START,
                 job_id=job.job_id,
-                previous=_ref(self.store.current()),
-                reason=f"{job.origin}: {job.path.name}",
+                job=job,
+                previous=self._current_ref(),
+                reason=f"{job.origin}: {path.name}",
             )
             self._advance(Event.FETCHED)
             try:
-                stored = self.store.import_bundle(job.path, job.job_id)
+                stored = self.store.import_bundle(path, job.job_id)
             except EdgeAgentError as err:
-                self._dispose(job.path, rejected=True)
-                self._fail(f"rejected {job.path.name}: {err}")
+                self._dispose(path, rejected=True)
+                self._fail(f"rejected {path.name}: {err}", rejected=True)
                 return
-            self._dispose(job.path, rejected=False)
-            refusal = self._refusal(stored, job.explicit)
+            self._dispose(path, rejected=False)
+            refusal = self._refusal(stored, force=job.force)
             if refusal:
-                self._fail(refusal)
+                self._fail(refusal, rejected=True)
                 return
-            self._advance(Event.VERIFIED, target=_ref(stored))
+            self._advance(Event.VERIFIED, target=stored.to_ref())
         self._advance(Event.STORED)
         report = self._validate(stored, isolated=self.policy.isolate_validation)
         if not report.ok:
             self._fail(f"validation failed: {report.reason}")
             return
-        self._snapshot_previous()  # on disk before ACTIVATING: a resumed probation needs it
+        self.machine.set_baseline(self._baseline())  # on disk before ACTIVATING: a resumed probation needs it
         self._advance(Event.VALIDATED, reason=f"validated (median {report.latency_p50_ms:.1f} ms)")
         try:
-            self._activate(stored)
-        except EdgeAgentError as err:
+            with self._lock:
+                self.swapper.activate(stored.path)
+                self.store.set_current(stored)
+        except EdgeAgentError as err:  # SwapError (a serving model is restored), or the pointers
             self._fail(f"activation failed: {err}")
             return
         self._advance(Event.ACTIVATED)
         self._probation_step(resumed=False)
+
+    def _current_ref(self) -> VersionRef | None:
+        cur = self.store.current()
+        return None if cur is None else cur.to_ref()
 
     def _dispose(self, path: Path, *, rejected: bool) -> None:
         """Clear a handled drop from ``incoming/``: removed once the store holds a copy,
@@ -580,24 +591,32 @@ class ModelManager:
         except OSError as err:
             log.warning("could not clear %s from %s: %s", path.name, incoming, err)
 
-    def _refusal(self, stored: StoredVersion, explicit: bool) -> str | None:
+    def _refusal(self, stored: StoredVersion, *, force: bool) -> str | None:
+        """Why the rules refuse ``stored`` (pin, already serving, downgrade, release counter)."""
         cur = self.store.current()
-        pinned = self.store.pinned()
-        if pinned is not None and not explicit:
-            return f"{pinned} is pinned: unpin it (`edge-agent models unpin`) to let {stored} replace it"
         if cur is not None and cur == stored:
             return f"{stored} is already serving"
-        if cur is not None and cur.name == stored.name and not (explicit or self.policy.allow_downgrade):
+        if force:
+            return None
+        pin = self.machine.pin
+        if pin is not None:
+            return (
+                f"{pin.name} v{pin.version} is pinned: unpin it (`edge-agent models unpin`) to let "
+                f"{stored} replace it, or use --force"
+            )
+        if cur is not None and cur.name == stored.name and not self.policy.allow_downgrade:
             last = max(cur.version, self.machine.last_version(stored.name) or 0)
-            if stored.version < last or (stored.version == last and stored.sha256 != cur.sha256):
+            same_as_serving = stored.version == cur.version and stored.sha256 != cur.sha256
+            if stored.version < last or same_as_serving:
                 return (
-                    f"downgrade refused: {stored} is not newer than v{last}; activate it explicitly "
-                    f"(`edge-agent models activate {stored.version}`) or run with --allow-downgrade"
+                    f"downgrade refused: {stored} is not newer than v{last}; use "
+                    f"`edge-agent models activate {stored.version} --force` or run with --allow-downgrade"
                 )
         rc = stored.release_counter
-        if rc is not None and rc < self.machine.max_release_counter and not explicit:
+        if rc is not None and rc < self.machine.max_release_counter:
             return (
-                f"release counter {rc} is lower than {self.machine.max_release_counter} (replay or downgrade)"
+                f"release counter {rc} is lower than {self.machine.max_release_counter} (replay or "
+                "downgrade); use --force to install it anyway"
             )
         return None
 
@@ -607,111 +626,19 @@ class ModelManager:
             return validate_isolated(stored.path, frames, self.policy.validation, self.options)
         return validate(stored.path, frames, self.policy.validation, self.options)
 
-    # ------------------------------------------------------------------ swapping
-
-    def _call_between_frames(self, fn: Callable[[], None], timeout: float = 60.0) -> None:
-        """Run ``fn`` on the inference thread between two frames and wait for it."""
-        if self._between_frames is None:
-            fn()
-            return
-        done = threading.Event()
-        errors: list[BaseException] = []
-
-        def wrapped() -> None:
-            try:
-                fn()
-            except BaseException as err:  # handed back to the waiting worker
-                errors.append(err)
-            finally:
-                done.set()
-
-        self._between_frames(wrapped)
-        if not done.wait(timeout):
-            raise ValidationError("the inference loop did not reach a frame boundary in time")
-        if errors:
-            raise errors[0]
-
-    def _warm(self, model: LoadedModel) -> None:
-        frame = self._recent_frames[-1] if self._recent_frames else np.zeros((480, 640, 3), np.uint8)
-        for _ in range(self.policy.warmup_runs):
-            model.infer(frame)
-
-    def _activate(self, stored: StoredVersion) -> None:
-        assert self.handle is not None
-        handle = self.handle
-        if self.policy.swap_policy == "availability":
-            model = self.loader(stored.path, self.options, self.runtime)
-            try:
-                self._warm(model)
-                self.store.set_current(stored)
-            except BaseException:
-                model.close()
-                raise
-            self._prev_model = handle.current
-            handle.swap(model)
-            log.info("swapped to %s (previous kept warm through probation)", stored)
-            return
-        # memory: drain, unload, load — the gap is what the pipeline waits
-        self.store.set_current(stored)
-
-        def swap() -> None:
-            t0 = time.perf_counter()
-            old = handle.current
-            old.close()
-            try:
-                model = self.loader(stored.path, self.options, self.runtime)
-            except BaseException:
-                handle.swap(self.loader(Path(old.bundle.root), self.options, self.runtime))
-                raise
-            self._warm(model)
-            handle.swap(model)
-            self.last_gap_ms = (time.perf_counter() - t0) * 1000.0
-
-        self._prev_model = None
-        try:
-            self._call_between_frames(swap)
-        except BaseException:
-            self.store.rollback_pointers()
-            raise
-        log.info("swapped to %s (memory policy: %.0f ms without a model)", stored, self.last_gap_ms or 0.0)
-
-    def _snapshot_previous(self) -> None:
-        """The serving version's recent figures, the baseline of the candidate's probation.
-
-        Kept on disk too (``probation-baseline.json``), so a probation resumed after a crash
-        still compares against the previous version instead of nothing."""
+    def _baseline(self) -> Baseline:
+        """The serving version's recent figures: what the candidate's probation compares with."""
         conf = list(self._recent_conf)
         det = list(self._recent_det)
-        self._snap = (
-            (sum(conf) / len(conf)) if len(conf) >= 10 else None,
-            (sum(det) / len(det)) if len(det) >= 10 else None,
+        return Baseline(
+            confidence=(sum(conf) / len(conf)) if len(conf) >= 10 else None,
+            detection_rate=(sum(det) / len(det)) if len(det) >= 10 else None,
         )
-        baseline = {
-            "job_id": self.machine.record.job_id,
-            "confidence": self._snap[0],
-            "detection_rate": self._snap[1],
-        }
-        try:
-            atomic_write_json(self.store.root / BASELINE_FILE, baseline, self.store.fs)
-        except OSError as err:
-            log.warning("could not save the probation baseline: %s", err)
-
-    def _load_baseline(self) -> tuple[float | None, float | None]:
-        try:
-            data = json.loads((self.store.root / BASELINE_FILE).read_bytes())
-        except (OSError, ValueError):
-            return (None, None)
-        if not isinstance(data, dict) or data.get("job_id") != self.machine.record.job_id:
-            return (None, None)
-
-        def num(v: Any) -> float | None:
-            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-        return (num(data.get("confidence")), num(data.get("detection_rate")))
 
     # ------------------------------------------------------------------ probation
 
-    def _probation_settings(self, model: LoadedModel) -> tuple[int, float, float, float, float | None]:
+    def probation_policy(self, model: LoadedModel, baseline: Baseline) -> ProbationPolicy:
+        """Config wins over the manifest, the manifest over the built-in defaults."""
         m = model.bundle.manifest
         mp: dict[str, Any] = dict(getattr(m, "probation", None) or {})
         mv: dict[str, Any] = dict(getattr(m, "validation", None) or {})
@@ -720,74 +647,91 @@ class ModelManager:
         def pick(conf: Any, key: str, default: Any) -> Any:
             return conf if conf is not None else mp.get(key, default)
 
-        frames = int(pick(pol.probation_frames, "frames", 100))
-        seconds = float(pick(pol.probation_seconds, "seconds", 0.0))
-        max_err = float(pick(pol.max_error_rate, "max_error_rate", 0.05))
-        min_ratio = float(pick(pol.min_confidence_ratio, "min_confidence_ratio", 0.5))
         budget = pol.latency_budget_ms if pol.latency_budget_ms is not None else mv.get("max_latency_ms")
-        return frames, seconds, max_err, min_ratio, None if budget is None else float(budget)
+        seconds = float(pick(pol.probation_seconds, "seconds", 0.0))
+        return ProbationPolicy(
+            min_frames=int(pick(pol.probation_frames, "frames", 100)),
+            min_seconds=seconds,
+            max_seconds=max(seconds, float(pick(pol.probation_max_seconds, "max_seconds", 600.0))),
+            on_thin_evidence=str(pick(pol.on_thin_evidence, "on_thin_evidence", "rollback")),
+            max_error_rate=float(pick(pol.max_error_rate, "max_error_rate", 0.05)),
+            min_confidence_ratio=float(pick(pol.min_confidence_ratio, "min_confidence_ratio", 0.5)),
+            latency_budget_ms=None if budget is None else float(budget),
+            baseline=baseline,
+        )
 
     def _probation_step(self, *, resumed: bool) -> None:
-        assert self.handle is not None
-        cand = self.handle.current
-        frames, seconds, max_err, min_ratio, budget = self._probation_settings(cand)
-        prev_conf, prev_det = self._snap if not resumed else self._load_baseline()
+        cand = self.swapper.serving
         if resumed and self.policy.swap_policy == "availability":
             prev = self._stored(self.machine.record.previous)
             if prev is not None and prev != self.store.current():
                 try:
-                    self._prev_model = self.loader(prev.path, self.options, self.runtime)
+                    self.swapper.standby = self.loader(prev.path, self.options, self.runtime)
                 except EdgeAgentError as err:
                     log.warning("previous version %s cannot be kept warm: %s", prev, err)
-        p = _Probation(
-            cand,
-            self._prev_model,
-            frames,
-            seconds,
-            max_err,
-            min_ratio,
-            budget,
-            prev_conf,
-            prev_det,
-            self.clock(),
-        )
+        policy = self.probation_policy(cand, self.machine.record.baseline)
+        p = _Probation(cand, policy, ProbationFigures(self.clock()))
         log.info(
-            "probation of %s v%s: %d frames%s",
+            "probation of %s v%s: %d frames, %g s, deadline %g s",
             cand.name,
             cand.version,
-            frames,
-            f", {seconds:g} s" if seconds else "",
+            policy.min_frames,
+            policy.min_seconds,
+            policy.max_seconds,
         )
-        self._probation = p
-        while not p.done.wait(0.2):
+        with self._lock:
+            self._probation = p
+        while not p.done.wait(TICK_S):
             if self._stopping.is_set():
                 return
+            self.check_probation(p)
         if self._stopping.is_set() and p.verdict is None:
             return
-        self._probation = None
-        if p.verdict:
-            self._probation_candidate = p.candidate
-            self._finish_rollback(p.verdict)
+        with self._lock:
+            self._probation = None
+        assert p.verdict is not None
+        if p.verdict.decision is Decision.FAIL:
+            self._finish_rollback(p.verdict.reason)
         else:
-            self._advance(Event.PROBATION_PASSED)
+            self._advance(Event.PROBATION_PASSED, reason=p.verdict.reason or None)
             self._finish_commit()
 
-    def _reject_probation(self, p: _Probation, reason: str) -> None:
-        """Fail probation now; with a warm previous model, serve it from the next frame on."""
-        if p.verdict is not None:
-            return
-        if p.previous is not None and self.handle is not None:
-            self.handle.swap(p.previous)
-        p.decide(reason, self.clock())
-        log.error("probation of %s v%s failed: %s", p.candidate.name, p.candidate.version, reason)
+    def check_probation(self, p: _Probation | None = None) -> Verdict | None:
+        """Judge the probation now (the worker's tick; the results thread per result)."""
+        p = p or self._probation
+        if p is None or p.verdict is not None:
+            return None
+        need_latency = p.figures.frames >= p.policy.min_frames
+        verdict = p.policy.decide(p.figures.snapshot(latency=need_latency), self.clock())
+        if not verdict.final:
+            return verdict
+        if self.before_verdict is not None:
+            self.before_verdict(verdict)
+        self._conclude(p, verdict)
+        return p.verdict
+
+    def _conclude(self, p: _Probation, verdict: Verdict) -> bool:
+        """Record the first verdict of a probation; a failure serves the standby at once."""
+        with self._lock:
+            if p.verdict is not None or self._probation is not p:
+                return False
+            p.verdict = verdict
+            if verdict.decision is Decision.FAIL:
+                t0 = time.perf_counter()
+                self.last_decision_at = time.monotonic()
+                self.swapper.revert_now()
+                self.last_rollback_ms = (time.perf_counter() - t0) * 1000.0
+                log.error(
+                    "probation of %s v%s failed: %s", p.candidate.name, p.candidate.version, verdict.reason
+                )
+            p.done.set()
+            return True
 
     def _finish_commit(self) -> None:
-        prev = self._prev_model
-        self._prev_model = None
-        if prev is not None and (self.handle is None or prev is not self.handle.current):
-            self._retire(prev)
+        self.swapper.release_standby()
+        protect = {ref for ref in (self.machine.pin,) if ref is not None}
         try:
-            self.store.gc()
+            self.store.gc(protect={(r.name, r.version, r.sha256) for r in protect})
         except EdgeAgentError as err:
             log.warning("gc after commit: %s", err)
         self._advance(Event.FINISHED)
@@ -798,22 +742,24 @@ class ModelManager:
 
         The destination is the job's ``previous`` (what served before the job), whatever the
         ``previous`` pointer says, so a failure before the pointers moved goes nowhere."""
-        if self.machine.state is not State.ROLLING_BACK:
-            self._advance(Event.ERROR, reason=reason)
-        ref = self.machine.record.previous
-        dest = self._stored(ref)
-        try:
-            if dest is None:
-                raise BundleError(f"the version to roll back to ({ref}) is not in the store")
-            self._point_current_to(dest)
-            self._serve(dest)
-        except EdgeAgentError as err:
-            self._advance(Event.ERROR, reason=f"{reason}; rollback failed: {err}")
+        with self._lock:
+            if self.machine.state is not State.ROLLING_BACK:
+                self._advance(Event.ERROR, reason=reason)
+            ref = self.machine.record.previous
+            dest = self._stored(ref)
+            try:
+                if dest is None:
+                    raise BundleError(f"the version to roll back to ({ref}) is not in the store")
+                self._point_current_to(dest)
+                if self.swapper.handle is not None:  # at boot the pipeline loads ``current`` itself
+                    self.swapper.serve(dest.path, _identity(dest))
+            except EdgeAgentError as err:
+                self._advance(Event.ERROR, reason=f"{reason}; rollback failed: {err}")
+                self._advance(Event.RESET)
+                return
+            self._advance(Event.ROLLED_BACK, reason=reason)
             self._advance(Event.RESET)
-            return
-        self._advance(Event.ROLLED_BACK, reason=reason)
-        self._advance(Event.RESET)
-        log.warning("rolled back to %s: %s", dest, reason)
+            log.warning("rolled back to %s: %s", dest, reason)
 
     def _point_current_to(self, v: StoredVersion) -> None:
         if self.store.current() == v:
@@ -823,62 +769,11 @@ class ModelManager:
         else:
             self.store.set_current(v)
 
-    def _serve(self, v: StoredVersion) -> None:
-        """Make the handle serve ``v`` (already loaded, kept warm, or loaded now) and unload the rest."""
-        handle = self.handle
-        if handle is None:  # at boot: the pipeline loads ``current`` itself
-            return
-        if not _serves(handle.current, v):
-            warm = self._prev_model
-            if warm is not None and _serves(warm, v):
-                self._retire(handle.swap(warm))
-                self._prev_model = None
-            elif self.policy.swap_policy == "memory":
-
-                def reload() -> None:
-                    t0 = time.perf_counter()
-                    handle.current.close()
-                    handle.swap(self.loader(v.path, self.options, self.runtime))
-                    self.last_gap_ms = (time.perf_counter() - t0) * 1000.0
-
-                self._call_between_frames(reload)
-            else:
-                model = self.loader(v.path, self.options, self.runtime)
-                self._warm(model)
-                self._retire(handle.swap(model))
-        for leftover in (self._probation_candidate, self._prev_model):
-            if leftover is not None and leftover is not handle.current:
-                self._retire(leftover)
-        self._probation_candidate = None
-        self._prev_model = None
-
-    def _retire(self, model: LoadedModel) -> None:
-        """Unload ``model`` once no frame can still be using it.
-
-        Results are written in frame order, so the first result written by another model
-        proves every frame that ran ``model`` is done with the runtime (``write`` checks).
-        The unload then runs on a short-lived thread, off the inference thread's path:
-        freeing a runtime holds the GIL for milliseconds, and right before a frame is the
-        worst moment for that."""
-        if self._between_frames is None:
-            model.close()
-            return
-        with self._retire_lock:
-            self._retiring.append(model)
-
-    def _unload_retired(self, serving: Any) -> None:
-        with self._retire_lock:
-            if any(serving is m for m in self._retiring):
-                return
-            done, self._retiring = self._retiring, []
-        threading.Thread(target=_close_all, args=(done,), name="unload", daemon=True).start()
-
     # ------------------------------------------------------------------ sink hooks (results thread)
 
     def write(self, frame: Frame, result: Result, model: Any) -> None:
         """Called by the pipeline after every frame: recent figures and probation health."""
-        if self._retiring:
-            self._unload_retired(model)
+        self.swapper.on_result(model)
         detector = result.kind == "detections"
         self._recent_conf.append(float(result.confidence))
         if detector:
@@ -888,39 +783,22 @@ class ModelManager:
         p = self._probation
         if p is None or p.verdict is not None or model is not p.candidate:
             return
-        p.frames += 1
-        p.confidence_sum += float(result.confidence)
-        if detector:
-            p.detector_frames += 1
-            p.detection_frames += 1 if result.detections else 0
-        p.latencies.append(result.latency_ms)
-        now = self.clock()
-        if not result.finite:
-            self._rollback_now(p, f"NaN or Inf in the outputs of frame {frame.index}")
-            return
-        verdict = p.evaluate(now, final=False)
-        if verdict is None:
-            return
-        if verdict:
-            self._rollback_now(p, verdict)
-        else:
-            p.decide("", now)
+        p.figures.add_result(
+            frame=frame.index,
+            confidence=float(result.confidence),
+            finite=result.finite,
+            inference_ms=result.inference_ms,
+            detections=len(result.detections) if detector else None,
+        )
+        self.check_probation(p)
 
     def on_error(self, frame: Frame, model: Any, err: BaseException) -> None:
         """Called by the pipeline when a model's ``infer`` raised on a frame."""
         p = self._probation
         if p is None or p.verdict is not None or model is not p.candidate:
             return
-        p.errors += 1
-        verdict = p.evaluate(self.clock(), final=False)
-        if verdict:
-            self._rollback_now(p, verdict)
-
-    def _rollback_now(self, p: _Probation, reason: str) -> None:
-        t0 = time.perf_counter()
-        self.last_decision_at = time.monotonic()
-        self._reject_probation(p, reason)
-        self.last_rollback_ms = (time.perf_counter() - t0) * 1000.0
+        p.figures.add_error()
+        self.check_probation(p)
 
     def flush(self) -> None:
         pass
@@ -930,10 +808,20 @@ class ModelManager:
 
     # ------------------------------------------------------------------ status
 
+    def healthy(self) -> str | None:
+        """None while a loaded model serves; else why not (``/healthz``, the watchdog)."""
+        if self.swapper.broken:
+            return self.swapper.broken
+        handle = self.swapper.handle
+        if handle is not None and not is_loaded(handle.current):
+            return f"{handle.current.name} v{handle.current.version} is not loaded"
+        return None
+
     def status(self) -> dict[str, Any]:
         rec = self.machine.record
         prev = self.store.previous()
-        pinned = self.store.pinned()
+        pin = rec.pin
+        p = self._probation
         return {
             "phase": rec.phase.value,
             "job_id": rec.job_id,
@@ -942,23 +830,38 @@ class ModelManager:
             "previous": None
             if prev is None
             else {"name": prev.name, "version": prev.version, "sha256": prev.sha256},
-            "pinned": None if pinned is None else pinned.version,
+            "pinned": None if pin is None else pin.version,
+            "queued": [j.job_id for j in rec.queue],
             "last_job": self.last_job,
             "swap_policy": self.policy.swap_policy,
             "last_gap_ms": self.last_gap_ms,
+            "probation": None
+            if p is None
+            else {
+                "frames": p.figures.frames,
+                "errors": p.figures.errors,
+                "verdict": p.verdict.decision.value if p.verdict else None,
+            },
+            "no_model": self.swapper.broken,
         }
 
     def models(self) -> list[dict[str, Any]]:
-        cur, prev, pinned = self.store.current(), self.store.previous(), self.store.pinned()
-        return [
-            {
-                "name": v.name,
-                "version": v.version,
-                "sha256": v.sha256,
-                "path": str(v.path),
-                "current": v == cur,
-                "previous": v == prev,
-                "pinned": v == pinned,
-            }
-            for v in self.store.versions()
-        ]
+        return store_models(self.store, self.machine.pin)
+
+
+def store_models(store: ModelStore, pin: VersionRef | None) -> list[dict[str, Any]]:
+    """The rows of ``models list`` (the control API, and the CLI when no agent runs)."""
+    cur, prev = store.current(), store.previous()
+    return [
+        {
+            "name": v.name,
+            "version": v.version,
+            "sha256": v.sha256,
+            "path": str(v.path),
+            "current": v == cur,
+            "previous": v == prev,
+            "pinned": pin is not None
+            and (v.name, v.version, v.sha256) == (pin.name, pin.version, pin.sha256),
+        }
+        for v in store.versions()
+    ]

@@ -178,6 +178,7 @@ class PipelineStats:
     source_ok: bool
     source_status: str
     top: str = ""  # the latest result's best answer, e.g. "face 0.93 [287,126,439,278]"
+    queue_p95_ms: float = 0.0  # p95 of the time results waited (queues, sinks), outside the model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,6 +244,7 @@ class Pipeline:
         self.started = clock()
         self.heartbeat = clock()
         self._latency = [0.0] * LATENCY_WINDOW
+        self._waited = [0.0] * LATENCY_WINDOW  # end-to-end latency less the model's own time
         self._done: deque[float] = deque(maxlen=2048)
         # called on the results thread when a model raised on a frame (the ModelManager's probation)
         self.on_error: Callable[[Frame, Any, BaseException], None] | None = None
@@ -355,12 +357,13 @@ class Pipeline:
                 t0 = clock()
                 try:
                     if prepared_for is model:
-                        out: tuple[Any, ...] = ("raw", frame, model, model.run_prepared(x), t, pre_ms, t0)
+                        raw = model.run_prepared(x)
+                        out: tuple[Any, ...] = ("raw", frame, model, raw, t, pre_ms, t0, clock())
                         self.prepared += 1
                     else:
-                        out = ("result", frame, model, model.infer(frame.image), None, 0.0, t0)
+                        out = ("result", frame, model, model.infer(frame.image), None, 0.0, t0, 0.0)
                 except Exception as err:
-                    out = ("error", frame, model, err, None, 0.0, t0)
+                    out = ("error", frame, model, err, None, 0.0, t0, 0.0)
                 self.heartbeat = clock()
                 self.processed += 1
                 if not results.put(out):
@@ -375,7 +378,7 @@ class Pipeline:
 
     def _write_results(self) -> None:
         results, clock, calls = self.results, self._clock, self._result_calls
-        latency, done = self._latency, self._done
+        latency, waited, done = self._latency, self._waited, self._done
         try:
             while True:
                 if calls:
@@ -385,20 +388,25 @@ class Pipeline:
                     continue
                 if item is _END:
                     break
-                kind, frame, model, value, t, pre_ms, t0 = item
+                kind, frame, model, value, t, pre_ms, t0, t_run = item
                 if kind == "raw":
+                    t_dec = clock()
                     try:
                         result = model.decode(value, t)
                     except Exception as err:
                         self._failed(frame, model, err)
                         continue
                     now = clock()
+                    # end to end includes the wait in the results queue; the model's own time
+                    # (preprocess + run + decode) does not: probation judges the model by that
                     result.latency_ms = pre_ms + (now - t0) * 1000.0
+                    result.inference_ms = pre_ms + (t_run - t0 + now - t_dec) * 1000.0
                 elif kind == "result":
                     result = value
                     now = clock()
-                    if not result.latency_ms:
-                        result.latency_ms = (now - t0) * 1000.0
+                    if not result.inference_ms:
+                        result.inference_ms = result.latency_ms or (now - t0) * 1000.0
+                    result.latency_ms = max((now - t0) * 1000.0, result.inference_ms)
                 else:
                     self._failed(frame, model, value)
                     continue
@@ -412,6 +420,7 @@ class Pipeline:
                         self.sink_errors += 1
                         self._sink_log(logging.WARNING, "sink %s failed: %s", type(sink).__name__, err)
                 latency[self.frames % LATENCY_WINDOW] = result.latency_ms
+                waited[self.frames % LATENCY_WINDOW] = result.latency_ms - result.inference_ms
                 self.frames += 1
                 self.last_result = result
                 done.append(now)
@@ -476,16 +485,17 @@ class Pipeline:
         span = max(now - recent[0], recent[-1] - recent[0])
         return (len(recent) - 1) / span if span > 0 else 0.0
 
-    def latency_percentiles(self) -> tuple[float, float]:
+    def latency_percentiles(self, window: list[float] | None = None) -> tuple[float, float]:
         n = min(self.frames, LATENCY_WINDOW)
         if n == 0:
             return 0.0, 0.0
-        values = sorted(self._latency[:n])
+        values = sorted((self._latency if window is None else window)[:n])
         return values[int(0.5 * (n - 1))], values[round(0.95 * (n - 1))]
 
     def stats(self) -> PipelineStats:
         model = self.handle.current
         p50, p95 = self.latency_percentiles()
+        _, wait95 = self.latency_percentiles(self._waited)
         now = self._clock()
         return PipelineStats(
             model=model.name,
@@ -499,6 +509,7 @@ class Pipeline:
             fps=round(self.fps(now), 2),
             latency_p50_ms=round(p50, 3),
             latency_p95_ms=round(p95, 3),
+            queue_p95_ms=round(wait95, 3),
             detections=_count(self.last_result),
             top=_top(self.last_result),
             uptime_s=round(now - self.started, 3),

@@ -405,9 +405,10 @@ def measure_policy(policy: str, bundles: dict[str, Path], quick: bool) -> dict[s
     from agent.handle import ModelHandle
     from agent.manager import ManagerPolicy, ModelManager
     from agent.pipeline import Pipeline
+    from monitoring.job_history import JobHistory
     from monitoring.metrics_store import MetricsStore
-    from ota.job_history import JobHistory
     from ota.store import ModelStore
+    from ota.update_events import UpdateEvents
     from ota.update_machine import UpdateMachine
 
     plan = Plan.of(quick)
@@ -424,7 +425,9 @@ def measure_policy(policy: str, bundles: dict[str, Path], quick: bool) -> dict[s
         store = ModelStore(root / "store")
         machine = UpdateMachine(store.state_path)
         metrics = MetricsStore(root / "metrics.db")
-        manager = ModelManager(store, machine, policy=mpolicy, history=JobHistory(metrics))
+        events = UpdateEvents()
+        events.subscribe(JobHistory(metrics))
+        manager = ModelManager(store, machine, policy=mpolicy, events=events)
         handle = ModelHandle(manager.boot(seed=bundles["v1"]))
         sink = TimingSink()
         source = PacedFrames(frames())

@@ -127,6 +127,8 @@ PROBATION_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seconds": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
     "max_error_rate": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "min_confidence_ratio": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "max_seconds": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "on_thin_evidence": (lambda v: v in ("rollback", "commit"), '"rollback" or "commit"'),
 }
 COMPAT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtimes": (

@@ -42,7 +42,8 @@ class Result:
     classes: list[ClassScore] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
-    latency_ms: float = 0.0  # preprocess + run + decode, set by LoadedModel.infer
+    latency_ms: float = 0.0  # frame in to result out, queue waits included (set by infer / the pipeline)
+    inference_ms: float = 0.0  # the model's own time: preprocess + run + decode, no queue waits
     finite: bool = True  # False when a model output held NaN or Inf (set by LoadedModel.infer)
 
     def payload(self) -> dict[str, Any]:

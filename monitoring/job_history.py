@@ -1,10 +1,12 @@
-"""``JobHistory``: every update transition, as rows of the ``jobs`` table in ``metrics.db``."""
+"""``JobHistory``: every update job event (``ota.update_events``), as rows of the ``jobs`` table.
+
+It subscribes to the manager's ``UpdateEvents``: one row per QUEUED, IN_PROGRESS step,
+SUCCEEDED, FAILED or REJECTED, with the reason, the origin and the model version.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from monitoring.metrics_store import MetricsStore
 
@@ -12,46 +14,50 @@ COLUMNS: dict[str, Any] = {
     "id": int,
     "ts": float,
     "job_id": str,
-    "source": str,
-    "event": str,
-    "target": str,
+    "status": str,
+    "step": str,
+    "detail": str,
     "reason": str,
+    "origin": str,
+    "phase": str,
     "model": str,
     "version": int,
 }
+FIELDS = [c for c in COLUMNS if c != "id"]
+
+
+class JobEventLike(Protocol):
+    """What a row is made of (``ota.update_events.JobEvent``; monitoring does not import ota)."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class JobHistory:
-    def __init__(self, store: MetricsStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: MetricsStore) -> None:
         self.store = store
-        self.clock = clock
         store.ensure_table("jobs", COLUMNS)
+        with store._locked("upgrading the jobs table"):
+            table = store.db.table("jobs")
+            have = table.columns_dict
+            for name, kind in COLUMNS.items():
+                if name not in have:  # a metrics.db written by an older agent
+                    table.add_column(name, kind)
 
-    def record(
-        self,
-        *,
-        job_id: str,
-        source: str,
-        event: str,
-        target: str,
-        reason: str | None = None,
-        model: str | None = None,
-        version: int | None = None,
-    ) -> None:
+    def __call__(self, event: JobEventLike) -> None:
+        """The ``UpdateEvents`` subscription: one row per event."""
+        data = event.to_json()
+        row = tuple(data.get(f) for f in FIELDS)
         with self.store._locked("writing the job history") as conn, conn:
             conn.execute(
-                "INSERT INTO jobs (ts, job_id, source, event, target, reason, model, version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.clock(), job_id, source, event, target, reason, model, version),
+                f"INSERT INTO jobs ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})", row
             )
 
     def recent(self, job_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` rows (of ``job_id``, if given), oldest first."""
         where, args = ("WHERE job_id = ?", [job_id]) if job_id else ("", [])
-        cols = [c for c in COLUMNS if c != "id"]
         with self.store._locked("reading the job history") as conn:
             cur = conn.execute(
-                f"SELECT {', '.join(cols)} FROM jobs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+                f"SELECT {', '.join(FIELDS)} FROM jobs {where} ORDER BY id DESC LIMIT ?", (*args, limit)
             )
-            rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            rows = [dict(zip(FIELDS, r, strict=True)) for r in cur.fetchall()]
         return rows[::-1]

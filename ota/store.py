@@ -5,7 +5,6 @@ Layout under the state root (DESIGN §4)::
     models/<name>/<version>-<sha256[:12]>/   one complete, verified bundle (never edited)
     current -> models/<name>/<key>           relative symlinks, replaced by rename
     previous -> models/<name>/<key>
-    pin.json                                 the pinned version, if any
     staging/<job>/                           imports in progress (wiped on failure / start)
     incoming/                                the drop folder
     update-state.json                        owned by ota.update_machine
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
@@ -52,7 +50,7 @@ from pathlib import Path, PurePosixPath
 
 from inference.bundle import Manifest, open_bundle, parse_manifest
 from inference.errors import BundleError, ConfigError, EdgeAgentError, TransientError
-from inference.fsio import DEFAULT_FS, FsOps, atomic_symlink, atomic_write_json, copy_file_durably
+from inference.fsio import DEFAULT_FS, FsOps, atomic_symlink, copy_file_durably
 from ota.update_machine import VersionRef
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,6 @@ MODEL_SUFFIXES = (".onnx", ".tflite")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 IGNORED_SUFFIXES = (".tmp", ".part")
 MANIFEST = "manifest.json"
-PIN_FILE = "pin.json"
 POINTERS = ("current", "previous")
 
 
@@ -322,63 +319,20 @@ class ModelStore:
             log.warning("rolled back: current -> %s", prev)
             return prev
 
-    # -- pin ---------------------------------------------------------------------------------
-
-    def pin(self, v: StoredVersion | None = None) -> StoredVersion:
-        """Pin ``v`` (default: the current version): it is not replaced automatically."""
-        with self._lock:
-            target = self._require(v) if v is not None else self.current()
-            if target is None:
-                raise BundleError("nothing to pin: no current version; activate one first")
-            record = {
-                "name": target.name,
-                "version": target.version,
-                "sha256": target.sha256,
-                "ref": target.ref,
-                "pinned_at": self.clock(),
-            }
-            try:
-                atomic_write_json(self.root / PIN_FILE, record, self.fs)
-            except OSError as exc:
-                raise self._translate(exc, None, action="writing pin.json") from exc
-            return target
-
-    def unpin(self) -> None:
-        with self._lock:
-            path = self.root / PIN_FILE
-            if path.exists():
-                try:
-                    path.unlink()
-                    self.fs.fsync_dir(self.root)
-                except OSError as exc:
-                    raise self._translate(exc, None, action="removing pin.json") from exc
-
-    def pinned(self) -> StoredVersion | None:
-        path = self.root / PIN_FILE
-        try:
-            data = json.loads(path.read_bytes())
-            name = check_name(data["name"], "pinned name")
-            version = int(data["version"])
-            sha = str(data["sha256"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, EdgeAgentError) as exc:
-            log.warning("%s is unreadable (%s): ignoring the pin; pin again", path, exc)
-            return None
-        v = self._load_version(self.models_dir / name / f"{version}-{sha[:12]}", quiet=True)
-        if v is None or v.sha256 != sha:
-            log.warning("pinned version %s v%d is not in the store any more", name, version)
-            return None
-        return v
-
     # -- garbage collection ------------------------------------------------------------------
 
-    def gc(self, keep: int | None = None) -> list[StoredVersion]:
-        """Delete all but the newest ``keep`` versions per name; never current, previous, pinned."""
+    def gc(
+        self,
+        keep: int | None = None,
+        protect: set[tuple[str, int, str]] | frozenset[tuple[str, int, str]] = frozenset(),
+    ) -> list[StoredVersion]:
+        """Delete all but the newest ``keep`` versions per name; never current, previous, or
+        any (name, version, sha256) in ``protect`` (the pin, which the update record holds)."""
         keep = self.keep if keep is None else keep
         removed: list[StoredVersion] = []
         with self._lock:
-            protected = {v for v in (self.current(), self.previous(), self.pinned()) if v is not None}
+            protected = {v for v in (self.current(), self.previous()) if v is not None}
+            protected |= {v for v in self.versions() if (v.name, v.version, v.sha256) in protect}
             by_name: dict[str, list[StoredVersion]] = {}
             for v in self.versions():
                 by_name.setdefault(v.name, []).append(v)

@@ -60,6 +60,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -69,10 +70,13 @@ from typing import Any
 from inference.errors import TransientError
 from inference.fsio import DEFAULT_FS, FsOps, atomic_write_json
 from ota.errors import IllegalTransition
+from ota.probation import Baseline
+from ota.update_job import UpdateJob, VersionRef, as_int
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
+SEEN_KEEP = 512  # job ids remembered for replay protection
 STATE_FILE = "update-state.json"
 
 
@@ -190,41 +194,6 @@ def outcome_of(source: State, event: Event, target: State) -> Outcome | None:
 
 
 @dataclass(frozen=True)
-class VersionRef:
-    """A model version as the state file names it."""
-
-    name: str
-    version: int
-    sha256: str
-    path: str = ""
-    release_counter: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sha256": self.sha256,
-            "path": self.path,
-            "release_counter": self.release_counter,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> VersionRef | None:
-        if data is None:
-            return None
-        if not isinstance(data, Mapping):
-            raise ValueError(f"expected an object or null, got {type(data).__name__}")
-        rc = data.get("release_counter")
-        return cls(
-            name=_typed(data, "name", str),
-            version=_typed(data, "version", int),
-            sha256=_typed(data, "sha256", str),
-            path=str(data.get("path", "")),
-            release_counter=None if rc is None else _as_int(rc, "release_counter"),
-        )
-
-
-@dataclass(frozen=True)
 class Counters:
     """Counters that survive jobs: downgrade / replay protection and the boot count."""
 
@@ -247,9 +216,9 @@ class Counters:
         if not isinstance(lv, Mapping):
             raise ValueError("counters.last_version: expected an object")
         return cls(
-            last_version={str(k): _as_int(v, f"last_version.{k}") for k, v in lv.items()},
-            max_release_counter=_as_int(data.get("max_release_counter", 0), "max_release_counter"),
-            boots=_as_int(data.get("boots", 0), "boots"),
+            last_version={str(k): as_int(v, f"last_version.{k}") for k, v in lv.items()},
+            max_release_counter=as_int(data.get("max_release_counter", 0), "max_release_counter"),
+            boots=as_int(data.get("boots", 0), "boots"),
         )
 
 
@@ -299,6 +268,11 @@ class UpdateRecord:
     outcome: Outcome | None = None
     history: tuple[Transition, ...] = ()
     updated_at: float = 0.0
+    job: UpdateJob | None = None  # the job being run (None for one from before jobs were recorded)
+    queue: tuple[UpdateJob, ...] = ()  # accepted, waiting for the running job to end
+    seen: tuple[str, ...] = ()  # ids of the jobs accepted lately (replay protection), newest last
+    pin: VersionRef | None = None  # never replaced automatically while set
+    baseline: Baseline = field(default_factory=Baseline)  # the previous version's figures (probation)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -314,6 +288,11 @@ class UpdateRecord:
             "outcome": None if self.outcome is None else self.outcome.value,
             "history": [t.to_json() for t in self.history],
             "updated_at": self.updated_at,
+            "job": None if self.job is None else self.job.to_json(),
+            "queue": [j.to_json() for j in self.queue],
+            "seen": list(self.seen),
+            "pin": None if self.pin is None else self.pin.to_json(),
+            "baseline": self.baseline.to_json(),
         }
 
     @classmethod
@@ -330,18 +309,30 @@ class UpdateRecord:
             history = data.get("history", [])
             if not isinstance(history, list):
                 raise ValueError("history: expected a list")
+            queue = data.get("queue", [])
+            if not isinstance(queue, list):
+                raise ValueError("queue: expected a list")
+            seen = data.get("seen", [])
+            if not isinstance(seen, list) or not all(isinstance(s, str) for s in seen):
+                raise ValueError("seen: expected a list of job ids")
+            job = data.get("job")
             return cls(
                 phase=State(data["phase"]),
                 job_id=None if job_id is None else str(job_id),
                 target=VersionRef.from_json(data.get("target")),
                 previous=VersionRef.from_json(data.get("previous")),
-                attempts=_as_int(data.get("attempts", 0), "attempts"),
-                resumes=_as_int(data.get("resumes", 0), "resumes"),
+                attempts=as_int(data.get("attempts", 0), "attempts"),
+                resumes=as_int(data.get("resumes", 0), "resumes"),
                 counters=Counters.from_json(data.get("counters", {})),
                 reason=None if reason is None else str(reason),
                 outcome=None if outcome is None else Outcome(outcome),
                 history=tuple(Transition.from_json(h) for h in history),
                 updated_at=float(data.get("updated_at", 0.0)),
+                job=None if job is None else UpdateJob.from_json(job),
+                queue=tuple(UpdateJob.from_json(j) for j in queue),
+                seen=tuple(seen),
+                pin=VersionRef.from_json(data.get("pin")),
+                baseline=Baseline.from_json(data.get("baseline")),
             )
         except KeyError as exc:
             raise ValueError(f"missing field {exc.args[0]!r}") from None
@@ -390,7 +381,9 @@ def resume_action(record: UpdateRecord, *, max_attempts: int = 3, max_resumes: i
 class UpdateMachine:
     """The table plus its persistence in ``<root>/update-state.json``.
 
-    Not thread-safe by itself: one owner (the ModelManager) drives it from one thread.
+    One owner (the ModelManager's worker) drives the transitions; ``enqueue`` may be called
+    from any thread. Every read-modify-write of the record holds one lock, so a job queued
+    while a transition is written is never lost.
     """
 
     def __init__(
@@ -409,6 +402,7 @@ class UpdateMachine:
         self.max_attempts = max_attempts
         self.max_resumes = max_resumes
         self.history_len = history
+        self._lock = threading.RLock()
         self._record = self._load()
 
     # -- reading -----------------------------------------------------------------------------
@@ -428,6 +422,18 @@ class UpdateMachine:
     @property
     def max_release_counter(self) -> int:
         return self._record.counters.max_release_counter
+
+    @property
+    def pin(self) -> VersionRef | None:
+        return self._record.pin
+
+    @property
+    def queue(self) -> tuple[UpdateJob, ...]:
+        return self._record.queue
+
+    def has_seen(self, job_id: str) -> bool:
+        rec = self._record
+        return job_id in rec.seen or any(j.job_id == job_id for j in rec.queue)
 
     def _load(self) -> UpdateRecord:
         try:
@@ -459,6 +465,40 @@ class UpdateMachine:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def enqueue(self, job: UpdateJob) -> bool:
+        """Persist ``job`` as queued; False (nothing written) when its id was seen already."""
+        with self._lock:
+            if self.has_seen(job.job_id):
+                return False
+            rec = self._record
+            self._persist(replace(rec, queue=(*rec.queue, job), updated_at=self.clock()))
+            return True
+
+    def drop_queued(self, job_id: str) -> UpdateJob | None:
+        """Remove a queued job that will not run (refused before it started); returns it."""
+        with self._lock:
+            rec = self._record
+            found = next((j for j in rec.queue if j.job_id == job_id), None)
+            if found is not None:
+                self._persist(
+                    replace(
+                        rec,
+                        queue=tuple(j for j in rec.queue if j.job_id != job_id),
+                        seen=(*rec.seen, job_id)[-SEEN_KEEP:],
+                        updated_at=self.clock(),
+                    )
+                )
+            return found
+
+    def set_pin(self, ref: VersionRef | None) -> None:
+        with self._lock:
+            self._persist(replace(self._record, pin=ref, updated_at=self.clock()))
+
+    def set_baseline(self, baseline: Baseline) -> None:
+        """The previous version's figures, on disk before ACTIVATING (a resumed probation needs them)."""
+        with self._lock:
+            self._persist(replace(self._record, baseline=baseline, updated_at=self.clock()))
+
     def _persist(self, record: UpdateRecord) -> None:
         try:
             atomic_write_json(self.path, record.to_json(), self.fs)
@@ -471,6 +511,10 @@ class UpdateMachine:
 
     def resume(self) -> Action:
         """Count this start (boots, and attempts/resumes of a busy job), persist, and say what to do."""
+        with self._lock:
+            return self._resume()
+
+    def _resume(self) -> Action:
         rec = self._record
         counters = replace(rec.counters, boots=rec.counters.boots + 1)
         attempts, resumes = rec.attempts, rec.resumes
@@ -500,6 +544,7 @@ class UpdateMachine:
         job_id: str | None = None,
         target: VersionRef | None = None,
         previous: VersionRef | None = None,
+        job: UpdateJob | None = None,
     ) -> State:
         """Apply ``event``, persist the new record, and return the new state.
 
@@ -507,7 +552,20 @@ class UpdateMachine:
         once it is on disk. ``job_id``/``target``/``previous`` are taken on START, SELECT and
         ROLLBACK (a new job), and ``target``/``previous`` may be refined later (e.g. once the
         manifest is known in VERIFYING). ``reason`` is kept for ERROR and for the history.
+        A starting event takes the ``job`` out of the queue in the same write.
         """
+        with self._lock:
+            return self._advance(event, reason, job_id, target, previous, job)
+
+    def _advance(
+        self,
+        event: Event,
+        reason: str | None,
+        job_id: str | None,
+        target: VersionRef | None,
+        previous: VersionRef | None,
+        job: UpdateJob | None,
+    ) -> State:
         rec = self._record
         has_previous = (previous or rec.previous) is not None
         new_phase = next_state(rec.phase, event, has_previous=has_previous)
@@ -525,6 +583,9 @@ class UpdateMachine:
                 resumes=0,
                 reason=reason,
                 outcome=None,
+                job=job,
+                queue=tuple(j for j in rec.queue if j.job_id != job_id),
+                seen=(*tuple(s for s in rec.seen if s != job_id), job_id)[-SEEN_KEEP:],
             )
         else:
             if target is not None:
@@ -557,8 +618,9 @@ class UpdateMachine:
     def record_counters(self, name: str, version: int, release_counter: int | None = None) -> None:
         """Raise the downgrade/replay counters without a job (e.g. seeding the store)."""
         ref = VersionRef(name=name, version=version, sha256="", release_counter=release_counter)
-        new = replace(self._record, counters=_commit_counters(self._record.counters, ref))
-        self._persist(new)
+        with self._lock:
+            new = replace(self._record, counters=_commit_counters(self._record.counters, ref))
+            self._persist(new)
 
 
 def _commit_counters(counters: Counters, target: VersionRef | None) -> Counters:
@@ -570,23 +632,6 @@ def _commit_counters(counters: Counters, target: VersionRef | None) -> Counters:
     if target.release_counter is not None:
         rc = max(rc, target.release_counter)
     return replace(counters, last_version=last, max_release_counter=rc)
-
-
-def _typed(data: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
-    if key not in data:
-        raise ValueError(f"missing field {key!r}")
-    value = data[key]
-    if kind is int:
-        return _as_int(value, key)
-    if not isinstance(value, kind):
-        raise ValueError(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _as_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
-    return value
 
 
 __all__ = [

@@ -1,4 +1,7 @@
-"""Control API over real HTTP on loopback and a real unix socket, driven by the real CLI client."""
+"""Control API over real HTTP on loopback and a real unix socket, driven by the real CLI client.
+
+The authentication, the token file, the socket's permissions and takeover rules, and the offline
+``models list`` are in tests/test_control_auth.py."""
 
 from __future__ import annotations
 
@@ -12,13 +15,13 @@ import httpx
 import pytest
 
 from agent import cli_control
-from agent.control import ControlServer, RequestError, parse_address
+from agent.control import ControlServer, RequestError, ensure_token, parse_address
 from inference.errors import ConfigError, TransientError
 
 
 class FakeController:
     def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
+        self.calls: list[tuple[Any, ...]] = []
         self.pinned: int | None = None
         self.ok = True
 
@@ -42,8 +45,8 @@ class FakeController:
     def models(self) -> list[dict[str, Any]]:
         return [{"name": "det", "version": 2, "sha256": "ab" * 32, "current": True}]
 
-    def activate(self, version: int, name: str | None = None) -> dict[str, Any]:
-        self.calls.append(("activate", version))
+    def activate(self, version: int, name: str | None = None, force: bool = False) -> dict[str, Any]:
+        self.calls.append(("activate", version) if not force else ("activate", version, "force"))
         if version == 99:
             raise RequestError("no version 99 in the store", 404)
         return {"message": f"activating v{version}"}
@@ -61,10 +64,14 @@ class FakeController:
         return {"message": "unpinned"}
 
 
+TOKEN = "test-token-0123456789abcdef"
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[ControlServer, FakeController]]:
+    """TCP on loopback, as when the agent is asked for it: writes need TOKEN."""
     ctl = FakeController()
-    srv = ControlServer(("127.0.0.1", 0), ctl).start()
+    srv = ControlServer(("127.0.0.1", 0), ctl, token=TOKEN).start()
     yield srv, ctl
     srv.close()
 
@@ -75,12 +82,14 @@ def test_parse_address() -> None:
     assert parse_address("unix:/run/x.sock") == Path("/run/x.sock")
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_address("localhost")
+    with pytest.raises(ConfigError, match="socket's path"):
+        parse_address("unix:")
 
 
 def test_endpoints(server: tuple[ControlServer, FakeController]) -> None:
     srv, ctl = server
     base = f"http://{srv.address}"
-    with httpx.Client(base_url=base) as c:
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         assert c.get("/healthz").json() == {"ok": True}
         ctl.ok = False
         assert c.get("/healthz").status_code == 503
@@ -100,6 +109,23 @@ def test_endpoints(server: tuple[ControlServer, FakeController]) -> None:
         assert c.post("/models/pin", json={}).json()["message"] == "pinned v2"
         assert c.post("/models/unpin").status_code == 200
         assert c.post("/models/rollback").json()["message"] == "rolled back"
+        assert c.post("/models/activate", json={"version": 5, "force": True}).status_code == 200
+        assert ctl.calls[-1:] == [("activate", 5, "force")]
+        assert c.post("/models/activate", json={"version": 5, "force": "yes"}).status_code == 400
+
+
+def test_unknown_fields_are_refused(server: tuple[ControlServer, FakeController]) -> None:
+    srv, ctl = server
+    with httpx.Client(base_url=f"http://{srv.address}", headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        r = c.post("/models/activate", json={"version": 3, "forse": True, "zz": 1})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert '"forse"' in err and '"zz"' in err and '"force"' in err  # names them, and what is taken
+        r = c.post("/models/rollback", json={"version": 1})
+        assert r.status_code == 400 and '"version"' in r.json()["error"] and "no fields" in r.json()["error"]
+        assert c.post("/models/pin", json={"name": "det"}).status_code == 400
+        assert c.post("/models/unpin", json={"x": 1}).status_code == 400
+    assert ctl.calls == []  # nothing reached the controller
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
@@ -109,23 +135,31 @@ def _cli(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_cli_client(server: tuple[ControlServer, FakeController], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_client(
+    server: tuple[ControlServer, FakeController], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The CLI on a TCP address, with the token from --token-file."""
     srv, ctl = server
-    args = _cli(["status", "--control", srv.address])
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    ctl_flags = ["--control", srv.address, "--token-file", str(token_file)]
+    args = _cli(["status", *ctl_flags])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "det v2" in out and "fps 29.5" in out
-    args = _cli(["status", "--json", "--control", srv.address])
+    args = _cli(["status", "--json", *ctl_flags])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "det"
-    args = _cli(["models", "activate", "4", "--control", srv.address])
+    args = _cli(["models", "activate", "4", *ctl_flags])
     assert args.func(args) == 0 and ctl.calls[-1] == ("activate", 4)
-    args = _cli(["models", "activate", "99", "--control", srv.address])
+    args = _cli(["models", "activate", "3", "--force", *ctl_flags])
+    assert args.func(args) == 0 and ctl.calls[-1:] == [("activate", 3, "force")]
+    args = _cli(["models", "activate", "99", *ctl_flags])
     assert args.func(args) == 1
     assert "no version 99" in capsys.readouterr().err
-    args = _cli(["models", "pin", "--control", srv.address])
+    args = _cli(["models", "pin", *ctl_flags])
     assert args.func(args) == 0 and ctl.pinned == 2
-    args = _cli(["models", "list", "--control", srv.address])
+    args = _cli(["models", "list", *ctl_flags])
     assert args.func(args) == 0 and "current" in capsys.readouterr().out
 
 
@@ -138,31 +172,33 @@ def test_cli_agent_not_running(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unix_socket(tmp_path: Path) -> None:
+    """On the unix socket no token is needed: its permissions are the guard."""
     ctl = FakeController()
     sock = tmp_path / "control.sock"
     srv = ControlServer(f"unix:{sock}", ctl).start()
     try:
         client = cli_control.ControlClient(f"unix:{sock}")
         assert client.request("GET", "/status")[1]["model"] == "det"
+        assert client.request("POST", "/models/activate", {"version": 3})[0] == 200
+        assert ctl.calls == [("activate", 3)]
         client.close()
     finally:
         srv.close()
+    assert not sock.exists()  # the server removes its own socket
 
 
 def test_port_in_use(server: tuple[ControlServer, FakeController]) -> None:
     srv, ctl = server
     with pytest.raises(ConfigError, match="cannot listen"):
-        ControlServer(srv.address, ctl)
+        ControlServer(srv.address, ctl, token=TOKEN)
 
 
-def test_control_service_on_a_busy_port_is_not_fatal(
-    server: tuple[ControlServer, FakeController], caplog: pytest.LogCaptureFixture
-) -> None:
-    from agent.controller import ControlService
-
-    srv, ctl = server
-    service = ControlService(srv.address, ctl)  # type: ignore[arg-type]
-    service.start()  # logs, does not raise: the camera loop keeps running without the API
-    assert service.server is None
-    assert "serving frames without the control API" in caplog.text
-    service.stop()
+def test_token_from_ensure_token_opens_writes(tmp_path: Path) -> None:
+    ctl = FakeController()
+    token = ensure_token(tmp_path)
+    srv = ControlServer("127.0.0.1:0", ctl, token=token).start()
+    try:
+        r = httpx.post(f"http://{srv.address}/models/unpin", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+    finally:
+        srv.close()

@@ -1,15 +1,18 @@
 """Crash tests, table-driven over every persisted update state (DESIGN §3, after Mender).
 
 For each state the agent (a real ``edge-agent run`` process with a model store) is driven
-into it by a drop into ``incoming/``, SIGKILLed right after that state reached the disk
-(``EDGE_AGENT_CRASH_AT``), restarted, and must end serving a verified version with a
-consistent state file.
+into it by a drop into ``incoming/``, SIGKILLed at a fault point (tests/fixtures/crash_agent.py
+injects it through the manager's ``faults`` hook): right after the state reached the disk, or
+some time into its step, or inside a swapper step (loading, warming the candidate); then
+restarted, and it must end serving a verified version with a consistent state file.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,24 +20,29 @@ from pathlib import Path
 import pytest
 
 from inference.bundle import open_bundle
-from tests.fixtures.agent import drop_bundle, result_lines, start_agent, stop_agent, wait_for
+from tests.fixtures.agent import ROOT, agent_env, drop_bundle, result_lines, start_agent, stop_agent, wait_for
 
 Make = Callable[..., Path]
 
-# (state to crash in, candidate kind, version serving after the restart settles)
+# (fault point, delay after it in s, candidate kind, phase on disk at the kill, version serving
+# after the restart settles)
 CASES = [
-    ("FETCHING", "good", 1),
-    ("VERIFYING", "good", 1),
-    ("STAGED", "good", 1),
-    ("VALIDATING", "good", 1),
-    ("ACTIVATING", "good", 2),  # resumed: the swap is redone, probation passes, committed
-    ("ACTIVATING", "collapse", 1),  # resumed, and its probation still fails against v1's figures
-    ("PROBATION", "good", 2),
-    ("PROBATION", "collapse", 1),  # the resumed probation still compares with v1's figures
-    ("COMMITTED", "good", 2),
-    ("ROLLING_BACK", "collapse", 1),
-    ("FAILED", "tampered", 1),
-    ("IDLE", "good", 2),  # killed right after the commit reached IDLE
+    ("after:FETCHING", 0.0, "good", "FETCHING", 1),
+    ("after:VERIFYING", 0.0, "good", "VERIFYING", 1),
+    ("after:STAGED", 0.0, "good", "STAGED", 1),
+    ("after:VALIDATING", 0.0, "good", "VALIDATING", 1),
+    ("after:VALIDATING", 0.15, "good", "VALIDATING", 1),  # inside the validation child's run
+    ("after:ACTIVATING", 0.0, "good", "ACTIVATING", 2),  # resumed: swap redone, probation passes
+    ("after:ACTIVATING", 0.0, "collapse", "ACTIVATING", 1),  # resumed; still fails against v1
+    ("load", 0.0, "good", "ACTIVATING", 2),  # inside ACTIVATING: loading the candidate
+    ("warm", 0.0, "collapse", "ACTIVATING", 1),  # inside ACTIVATING: warming the candidate up
+    ("after:PROBATION", 0.0, "good", "PROBATION", 2),
+    ("after:PROBATION", 0.0, "collapse", "PROBATION", 1),  # resumed; compares with v1's figures
+    ("after:PROBATION", 0.05, "good", "PROBATION", 2),  # some frames into probation
+    ("after:COMMITTED", 0.0, "good", "COMMITTED", 2),
+    ("after:ROLLING_BACK", 0.0, "collapse", "ROLLING_BACK", 1),
+    ("after:FAILED", 0.0, "tampered", "FAILED", 1),
+    ("after:IDLE", 0.0, "good", "IDLE", 2),  # killed right after the commit reached IDLE
 ]
 
 
@@ -46,7 +54,6 @@ def _run_args(store: Path, seed: Path, results: Path, config: Path) -> list[str]
     return [
         "run",
         "--config", str(config),
-        "--models-dir", str(store),
         "--state-dir", str(store),
         "--model", str(seed),
         "--source", "synthetic:16x16@100,live",
@@ -56,9 +63,11 @@ def _run_args(store: Path, seed: Path, results: Path, config: Path) -> list[str]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("state", "kind", "expect"), CASES, ids=[f"{s}-{k}" for s, k, _ in CASES])
+@pytest.mark.parametrize(
+    ("point", "delay", "kind", "state", "expect"), CASES, ids=[f"{p}+{d:g}s-{k}" for p, d, k, _, _ in CASES]
+)
 def test_sigkill_in_every_state_then_restart(
-    state: str, kind: str, expect: int, tmp_path: Path, classifier_bundle: Make
+    point: str, delay: float, kind: str, state: str, expect: int, tmp_path: Path, classifier_bundle: Make
 ) -> None:
     store = tmp_path / "store"
     config = tmp_path / "agent.toml"
@@ -71,7 +80,11 @@ def test_sigkill_in_every_state_then_restart(
         (cand / "model.onnx").write_bytes(bytes(data))
 
     first = tmp_path / "first.jsonl"
-    proc = start_agent(_run_args(store, seed, first, config), tmp_path, EDGE_AGENT_CRASH_AT=state)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fixtures.crash_agent", point, str(delay), "--",
+         *_run_args(store, seed, first, config)],
+        cwd=ROOT, env=agent_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         wait_for(lambda: len(result_lines(first)) > 10, 60, "the first run to serve v1")
         drop_bundle(cand, store / "incoming")

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.control import RequestError
 from agent.manager import ManagerPolicy
 from inference.fsio import sha256_file
 from ota.store import ModelStore
@@ -83,9 +86,17 @@ def test_hot_swap_between_two_frames_then_commit(classifier_bundle: Make, in_pro
     assert len(switches) == 1 and switches[0][1:] == (1, 2)
     assert agent.machine.state is State.IDLE
     assert agent.store.current().version == 2 and agent.store.previous().version == 1
-    events = [(r["source"], r["event"], r["target"]) for r in agent.history_rows()]
-    assert ("PROBATION", "PROBATION_PASSED", "COMMITTED") in events
-    assert ("COMMITTED", "FINISHED", "IDLE") in events
+    events = [(r["status"], r["step"]) for r in agent.history_rows()]
+    assert events == [
+        ("QUEUED", None),
+        ("IN_PROGRESS", "downloading"),
+        ("IN_PROGRESS", "verifying"),
+        ("IN_PROGRESS", "validating"),
+        ("IN_PROGRESS", "activating"),
+        ("IN_PROGRESS", "probation"),
+        ("SUCCEEDED", None),
+    ]
+    assert {r["job_id"] for r in agent.history_rows()} == {agent.machine.record.job_id}
     assert agent.machine.last_version("cls") == 2
     status = agent.manager.status()
     assert status["phase"] == "IDLE" and status["previous"]["version"] == 1
@@ -188,14 +199,25 @@ def test_ten_times_over_latency_budget(
     _assert_rejected(agent, "over the budget")
 
 
-def test_lower_version_refused_unless_explicit(classifier_bundle: Make, in_process_agent: Start) -> None:
+def test_lower_version_refused_unless_forced(classifier_bundle: Make, in_process_agent: Start) -> None:
+    """Defect 5: a manual activation obeys the downgrade and pin rules; --force overrides,
+    and the job records that it was forced."""
     agent = in_process_agent(classifier_bundle(3))
     agent.manager.submit(classifier_bundle(2))
     _assert_rejected(agent, "downgrade refused", serving=3)
-    assert len(agent.store.versions()) == 2  # kept in the store: it can be activated explicitly
-    agent.manager.activate(2)
+    assert [r["status"] for r in agent.history_rows()][-1] == "REJECTED"
+    assert len(agent.store.versions()) == 2  # kept in the store: it can be activated with --force
+    with pytest.raises(RequestError, match="downgrade refused") as refused:
+        agent.manager.activate(2)
+    assert refused.value.status == 409 and "--force" in str(refused.value)
+    agent.manager.pin(None)
+    with pytest.raises(RequestError, match="pinned"):
+        agent.manager.activate(2)
+    agent.manager.activate(2, force=True)
     _settle(agent)
     assert agent.handle.current.version == 2 and agent.store.current().version == 2
+    assert agent.manager.last_job["force"] is True
+    assert agent.machine.record.job is not None and agent.machine.record.job.force
 
 
 def test_pinned_version_is_not_replaced(classifier_bundle: Make, in_process_agent: Start) -> None:

@@ -145,7 +145,7 @@ def test_agent_process_speaks_sd_notify(
     assert "STOPPING=1" in fields
     assert fields.index("READY=1") < fields.index("STOPPING=1")
     assert any(f.startswith("STATUS=serving tiny v3 on synthetic") for f in fields)
-    assert any(f.startswith("STATUS=loading model") for f in fields)
+    assert any(f.startswith("STATUS=opening the model store") for f in fields)  # --state-dir: a store
 
 
 def test_no_ready_when_the_agent_cannot_start(

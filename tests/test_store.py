@@ -323,25 +323,7 @@ def test_get_with_two_contents_for_one_version(store: ModelStore, tmp_path: Path
     assert store.get("det", 1, b.sha256) == b
 
 
-# -- pin and gc ---------------------------------------------------------------------------------
-
-
-def test_pin(store: ModelStore, bundle_factory: BundleFactory, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(BundleError, match="nothing to pin"):
-        store.pin()
-    v1, v2, _ = _three(store, bundle_factory)
-    store.set_current(v2)
-    assert store.pin() == v2
-    assert ModelStore(store.root).pinned() == v2
-    assert store.pin(v1) == v1
-    assert store.pinned() == v1
-    store.unpin()
-    store.unpin()
-    assert store.pinned() is None
-    (store.root / "pin.json").write_text("{broken")
-    with caplog.at_level(logging.WARNING):
-        assert store.pinned() is None
-    assert "unreadable" in caplog.text
+# -- gc ---------------------------------------------------------------------------------
 
 
 def test_gc_keeps_newest_and_protected(store: ModelStore, bundle_factory: BundleFactory) -> None:
@@ -349,12 +331,11 @@ def test_gc_keeps_newest_and_protected(store: ModelStore, bundle_factory: Bundle
     other = store.import_bundle(bundle_factory("cls", 1), "jc")
     store.set_current(vs[1])  # v2
     store.set_current(vs[2])  # v3: current, v2: previous
-    store.pin(vs[0])  # v1 pinned
-    removed = store.gc(keep=2)
+    pinned = {(vs[0].name, vs[0].version, vs[0].sha256)}  # v1 pinned (the update record holds the pin)
+    removed = store.gc(keep=2, protect=pinned)
     assert sorted(v.version for v in removed) == [4]
     assert [v.version for v in store.versions("det")] == [1, 2, 3, 5, 6]
     assert store.versions("cls") == [other]
-    store.unpin()
     store.set_current(vs[5])  # current v6, previous v3
     assert sorted(v.version for v in store.gc(keep=1)) == [1, 2, 5]
     assert [v.version for v in store.versions("det")] == [3, 6]
@@ -447,19 +428,13 @@ def test_kth_fsync_or_rename_of_set_current_fails(tmp_path: Path, bundle_factory
         assert (store.current(), store.previous()) == (v3, v2)
 
 
-def test_kth_fault_in_rollback_and_pin(tmp_path: Path, bundle_factory: BundleFactory) -> None:
+def test_kth_fault_in_rollback(tmp_path: Path, bundle_factory: BundleFactory) -> None:
     for k in (1, 2):
         store, (v1, v2) = _seeded(tmp_path / f"r{k}", bundle_factory, 2)
         with pytest.raises(TransientError):
             ModelStore(store.root, fs=FaultFs(fail_at=k)).rollback_pointers()
         assert store.current() in (v1, v2)
         assert store.rollback_pointers() == v1
-    for k in (1, 2, 3):
-        store, (_, v2) = _seeded(tmp_path / f"p{k}", bundle_factory, 2)
-        with pytest.raises(TransientError):
-            ModelStore(store.root, fs=FaultFs(fail_at=k)).pin()
-        assert store.pinned() in (None, v2)
-        assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == []
 
 
 # -- SIGKILL at random points of imports, swaps and GC ----------------------------------------
