@@ -156,6 +156,10 @@ class ModelManager:
         self.last_job: dict[str, Any] = {}
         self.last_rollback_ms: float | None = None  # the swap back itself
         self.last_decision_at: float | None = None  # time.monotonic() of the last failed verdict
+        # Frames a rejected candidate ran before its verdict fell are still written out (at most
+        # the pipeline's depth: the results queue and the frame being decoded); counted here.
+        self._rejected: Any = None
+        self.results_after_verdict = 0
 
     @property
     def handle(self) -> ModelHandle | None:
@@ -719,6 +723,8 @@ class ModelManager:
             if verdict.decision is Decision.FAIL:
                 t0 = time.perf_counter()
                 self.last_decision_at = time.monotonic()
+                self._rejected = p.candidate
+                self.results_after_verdict = 0
                 self.swapper.revert_now()
                 self.last_rollback_ms = (time.perf_counter() - t0) * 1000.0
                 log.error(
@@ -774,6 +780,8 @@ class ModelManager:
     def write(self, frame: Frame, result: Result, model: Any) -> None:
         """Called by the pipeline after every frame: recent figures and probation health."""
         self.swapper.on_result(model)
+        if model is self._rejected:
+            self.results_after_verdict += 1
         detector = result.kind == "detections"
         self._recent_conf.append(float(result.confidence))
         if detector:
@@ -843,6 +851,7 @@ class ModelManager:
                 "verdict": p.verdict.decision.value if p.verdict else None,
             },
             "no_model": self.swapper.broken,
+            "results_after_verdict": self.results_after_verdict,
         }
 
     def models(self) -> list[dict[str, Any]]:

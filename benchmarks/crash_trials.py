@@ -118,7 +118,7 @@ def _start(store: Path, seed: Path, results: Path, config: Path) -> subprocess.P
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     args = [
-        sys.executable, "-m", "agent.cli", "run", "--config", str(config), "--models-dir", str(store),
+        sys.executable, "-m", "agent.cli", "run", "--config", str(config),
         "--state-dir", str(store), "--model", str(seed), "--source", "synthetic:16x16@100,live",
         "--results", str(results), "--control", "off", "--log-level", "warning",
     ]  # fmt: skip

@@ -548,6 +548,7 @@ def measure_policy(policy: str, bundles: dict[str, Path], quick: bool) -> dict[s
         "reason": rb_job.get("reason"),
         "candidate_results": sum(1 for r in rows if r[1] == 3),
         "candidate_results_after_decision": on_candidate,
+        "results_written_after_verdict": manager.results_after_verdict,
         "decision_to_previous_ms": None if rb_ms is None else round(rb_ms, 2),
         "decision_to_previous_intervals": None if rb_ms is None else round(rb_ms / median_ms, 3),
         "previous_ready_to_result_ms": None if own_ms is None else round(own_ms, 2),
