@@ -756,9 +756,9 @@ class ModelManager:
             try:
                 if dest is None:
                     raise BundleError(f"the version to roll back to ({ref}) is not in the store")
-                self._point_current_to(dest)
                 if self.swapper.handle is not None:  # at boot the pipeline loads ``current`` itself
                     self.swapper.serve(dest.path, _identity(dest))
+                self._point_current_to(dest)  # after the swap: pointers name what serves
             except EdgeAgentError as err:
                 self._advance(Event.ERROR, reason=f"{reason}; rollback failed: {err}")
                 self._advance(Event.RESET)
@@ -802,6 +802,7 @@ class ModelManager:
 
     def on_error(self, frame: Frame, model: Any, err: BaseException) -> None:
         """Called by the pipeline when a model's ``infer`` raised on a frame."""
+        self.swapper.on_result(model)  # a frame of another model is done: retired ones may go
         p = self._probation
         if p is None or p.verdict is not None or model is not p.candidate:
             return

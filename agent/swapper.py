@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.handle import ModelHandle
-from inference.errors import EdgeAgentError, FatalError, ValidationError
+from inference.errors import EdgeAgentError, FatalError
 from inference.model import LoadedModel
 from inference.result import Result
 
@@ -214,8 +214,8 @@ class Swapper:
         try:
             self._step("load")
             model = self.loader(path)
-        except (EdgeAgentError, MemoryError) as err:
-            raise SwapError(f"cannot load {path}: {err}") from err
+        except Exception as err:  # whatever the loader raised, nothing was loaded: report it
+            raise SwapError(f"cannot load {path}: {_describe(err)}") from err
         try:
             self._step("warm")
             self._warm(model)
@@ -235,8 +235,13 @@ class Swapper:
             old_path = Path(old.bundle.root) if is_loaded(old) else None
             try:
                 if is_loaded(old):
-                    self._step("unload")
-                    old.close()
+                    try:
+                        self._step("unload")
+                        old.close()
+                    except Exception as err:
+                        raise SwapError(
+                            f"unloading {old} to load {path} failed: {type(err).__name__}: {err}"
+                        ) from err
                 model = self._load_warm(path)
             except Exception as err:  # restore a serving model first, then report the failure
                 self._restore(old, old_path, err)
@@ -255,7 +260,8 @@ class Swapper:
         if is_loaded(old):  # it failed before the unload: the old model still serves
             return
         if old_path is None:
-            self._break(f"{err}; and no model was loaded before it", old)
+            before = f" ({old.reason})" if isinstance(old, NoModel) else ""
+            self._break(f"{err}; and no model was loaded before it{before}", old)
             return
         try:
             self._step("reload")
@@ -278,8 +284,14 @@ class Swapper:
             return
         done = threading.Event()
         errors: list[BaseException] = []
+        gate = threading.Lock()
+        started, cancelled = [False], [False]
 
         def wrapped() -> None:
+            with gate:
+                if cancelled[0]:
+                    return
+                started[0] = True
             try:
                 fn()
             except BaseException as err:  # handed back to the waiting caller, re-raised there
@@ -289,7 +301,14 @@ class Swapper:
 
         self._between_frames(wrapped)
         if not done.wait(timeout):
-            raise ValidationError("the inference loop did not reach a frame boundary in time")
+            with gate:
+                if not started[0]:  # cancelled: it will not run later behind our back
+                    cancelled[0] = True
+                    raise SwapError(
+                        f"the inference loop did not reach a frame boundary in {timeout:g} s; "
+                        "nothing was swapped"
+                    )
+            done.wait()  # it started: a swap in progress is never abandoned halfway
         if errors:
             raise errors[0]
 
@@ -324,6 +343,11 @@ class Swapper:
             done.append(self.standby)
             self.standby = None
         _close_all(done)
+
+
+def _describe(err: BaseException) -> str:
+    """An agent error names the problem itself; anything else also needs its type."""
+    return str(err) if isinstance(err, EdgeAgentError) else f"{type(err).__name__}: {err}"
 
 
 def _identity(model: LoadedModel) -> tuple[str, int, str]:
