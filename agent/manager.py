@@ -18,9 +18,11 @@ and emits one ``UpdateEvents`` event per step and outcome.
       COMMITTED   SUCCEEDED; the standby is unloaded, gc
     rollback      ROLLING_BACK to what served before the job, FAILED (rolled_back)
 
-Decisions about what serves are taken under one lock (``_lock``), whoever asks: the
-probation verdict (on the results thread), a manual rollback or activation (the control
-thread), a resumed job (the worker). The first verdict of a probation wins; a rejected
+Decisions about what serves are ordered in this one place, whoever asks: jobs, manual
+rollbacks and activations under ``_lock``; the probation verdict (results thread, worker's
+deadline tick, manual rollback) under ``_verdict_lock``, which is held for microseconds and
+never across a swap, so the results thread never waits behind a swap that waits for the
+inference thread. The first verdict of a probation wins; a rejected
 candidate is swapped out on the spot (``Swapper.revert_now``), the persisted part follows
 on the worker. Manual actions obey the same rules as jobs (pin, downgrade, release
 counter) unless ``force`` is given, which is logged and recorded in the job.
@@ -146,7 +148,10 @@ class ModelManager:
             warm_frame=lambda: self._recent_frames[-1] if self._recent_frames else None,
             faults=faults,
         )
-        self._lock = threading.RLock()  # every decision about what serves
+        self._lock = threading.RLock()  # orders jobs and manual actions (may be held across a swap)
+        # orders verdicts: held for microseconds, never across a load or a wait for the inference
+        # thread, so the results thread can never block behind a swap that waits for it
+        self._verdict_lock = threading.Lock()
         self._cond = threading.Condition()  # the worker's wake-up: a job queued, a stop
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -683,7 +688,7 @@ class ModelManager:
             policy.min_seconds,
             policy.max_seconds,
         )
-        with self._lock:
+        with self._verdict_lock:
             self._probation = p
         while not p.done.wait(TICK_S):
             if self._stopping.is_set():
@@ -691,7 +696,7 @@ class ModelManager:
             self.check_probation(p)
         if self._stopping.is_set() and p.verdict is None:
             return
-        with self._lock:
+        with self._verdict_lock:
             self._probation = None
         assert p.verdict is not None
         if p.verdict.decision is Decision.FAIL:
@@ -716,7 +721,7 @@ class ModelManager:
 
     def _conclude(self, p: _Probation, verdict: Verdict) -> bool:
         """Record the first verdict of a probation; a failure serves the standby at once."""
-        with self._lock:
+        with self._verdict_lock:
             if p.verdict is not None or self._probation is not p:
                 return False
             p.verdict = verdict

@@ -1,9 +1,19 @@
 """SIGKILL at random points of an update, many trials (DESIGN §9: 100 trials, 0 inconsistent).
 
 Each trial runs a real ``edge-agent run`` with a model store on a fresh state folder, drops a
-candidate into ``incoming/`` (in turn: a good one, one that fails probation, one with a
-tampered model file), SIGKILLs the agent at a random moment of the update, restarts it, and
-checks what it settles on:
+candidate into ``incoming/``, SIGKILLs the agent during the update, restarts it, and checks
+what it settles on. Two kinds of trial alternate:
+
+- *random*: in turn a good candidate, one that fails probation, one with a tampered model
+  file; the kill lands at a uniformly random moment of the update, from outside;
+- *targeted*: a persisted state is chosen in turn (each with a candidate that passes
+  through it) and the kill lands a uniformly random 0-20 ms after that state reached the
+  disk, inside its step, from a fault point injected through ``tests/fixtures/crash_agent.py``
+  (the manager's ``faults`` hook; the agent has no switch for it). Steps that take a few
+  milliseconds (importing a small bundle, moving pointers) are hit this way, which a
+  wall-clock kill almost never does.
+
+Checks:
 
 - the state file parses and says IDLE, and ``staging/`` is empty;
 - ``current`` names a complete version whose sha256 and size verify;
@@ -39,7 +49,20 @@ from benchmarks.common import RESULTS_DIR, result_stem, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS, QUICK_TRIALS = 100, 10
-KILL_WINDOW_S = 0.7  # the kill lands uniformly in [0, this) after the update started (it takes ~0.6 s)
+KILL_WINDOW_S = 0.5  # random trials: the kill lands uniformly in [0, this) after the update started
+INSIDE_STEP_S = 0.02  # targeted trials: the kill lands uniformly in [0, this) after the state is on disk
+TARGETS = [  # (state, candidate that passes through it)
+    ("FETCHING", "good"),
+    ("VERIFYING", "tampered"),
+    ("STAGED", "good"),
+    ("VALIDATING", "good"),
+    ("ACTIVATING", "collapse"),
+    ("PROBATION", "good"),
+    ("COMMITTED", "good"),
+    ("ROLLING_BACK", "collapse"),
+    ("FAILED", "collapse"),
+    ("FAILED", "tampered"),
+]
 SIDE = 16
 
 
@@ -114,11 +137,16 @@ def _wait(pred: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def _start(store: Path, seed: Path, results: Path, config: Path) -> subprocess.Popen[bytes]:
+def _start(
+    store: Path, seed: Path, results: Path, config: Path, fault: tuple[str, float] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    launcher = ["-m", "agent.cli"]
+    if fault is not None:
+        launcher = ["-m", "tests.fixtures.crash_agent", fault[0], f"{fault[1]:.4f}", "--"]
     args = [
-        sys.executable, "-m", "agent.cli", "run", "--config", str(config),
+        sys.executable, *launcher, "run", "--config", str(config),
         "--state-dir", str(store), "--model", str(seed), "--source", "synthetic:16x16@100,live",
         "--results", str(results), "--control", "off", "--log-level", "warning",
     ]  # fmt: skip
@@ -139,15 +167,28 @@ def trial(i: int, bundles: dict[str, Path], tmp: Path, rng: random.Random) -> di
     from inference.bundle import open_bundle
     from inference.errors import EdgeAgentError
 
-    kind = ("good", "collapse", "tampered")[i % 3]
+    targeted = i % 2 == 1
     root = tmp / f"trial{i}"
     store, config = root / "store", root / "agent.toml"
     root.mkdir(parents=True)
     config.write_text("[probation]\nframes = 20\n")
     first, second = root / "first.jsonl", root / "second.jsonl"
-    delay = rng.uniform(0.0, KILL_WINDOW_S)
-    row: dict[str, Any] = {"trial": i, "candidate": kind, "kill_after_s": round(delay, 3)}
-    proc = _start(store, bundles["seed"], first, config)
+    fault: tuple[str, float] | None = None
+    if targeted:
+        target, kind = TARGETS[(i // 2) % len(TARGETS)]
+        delay = rng.uniform(0.0, INSIDE_STEP_S)
+        fault = (f"after:{target}", delay)
+        row: dict[str, Any] = {
+            "trial": i,
+            "candidate": kind,
+            "target": target,
+            "kill_after_s": round(delay, 4),
+        }
+    else:
+        kind = ("good", "collapse", "tampered")[(i // 2) % 3]
+        delay = rng.uniform(0.0, KILL_WINDOW_S)
+        row = {"trial": i, "candidate": kind, "kill_after_s": round(delay, 3)}
+    proc = _start(store, bundles["seed"], first, config, fault)
     try:
         if not _wait(lambda: len(_lines(first)) > 5, 60):
             row["problem"] = "the first run never served"
@@ -155,9 +196,14 @@ def trial(i: int, bundles: dict[str, Path], tmp: Path, rng: random.Random) -> di
         tmp_drop = store / "incoming" / f".{kind}.partial"
         shutil.copytree(bundles[kind], tmp_drop)
         tmp_drop.rename(store / "incoming" / kind)
-        # the kill lands at a random moment after the update started (the watcher debounces)
-        _wait(lambda: _state(store).get("phase", "IDLE") != "IDLE", 10)
-        time.sleep(delay)
+        if targeted:  # the agent kills itself at the fault point
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                row["note"] = "the fault point was not reached"
+        else:  # the kill lands at a random moment after the update started (the watcher debounces)
+            _wait(lambda: _state(store).get("phase", "IDLE") != "IDLE", 10)
+            time.sleep(delay)
     finally:
         _stop(proc, signal.SIGKILL)
     row["phase_at_kill"] = _state(store).get("phase", "none")

@@ -323,12 +323,15 @@ def test_rollback_while_a_pass_verdict_is_being_recorded(
     try:
         assert computed.wait(WAIT)
         assert held[0][1].decision is Decision.PASS, held
+        p = agent.manager._probation
+        assert p is not None and p.verdict is None  # computed, not recorded
         # the results thread is inside check_probation now; rollback() must not wait for it
         answer = call_in_thread(agent.manager.rollback, "rollback() against a held verdict")
     finally:
         go.set()
     assert "on probation" in answer["message"] and "job_id" not in answer, answer
-    assert_serving(agent, 1)
+    assert_serving(agent, 1)  # by then the held pass has been handed on (later frames are written)
+    assert p.verdict == Verdict(Decision.FAIL, "manual rollback requested")  # not overwritten
     assert events.outcomes(job) == [("FAILED", "rolled_back")]
     assert "SUCCEEDED" not in events.statuses()
     assert agent.manager.status()["reason"] == "manual rollback requested"
@@ -482,7 +485,7 @@ def test_slow_model_over_budget_still_rolls_back(
     agent = in_process_agent(classifier_bundle(1), policy)
     events = subscribe(agent)
     slow = with_slow_sink(agent)
-    bundle = make_bundle_from(slow_model(tmp_path / "slow.onnx", matmuls=48), tmp_path / "slow", 2)
+    bundle = make_bundle_from(slow_model(tmp_path / "slow.onnx", matmuls=48, size=512), tmp_path / "slow", 2)
     job = agent.manager.submit(bundle)
     assert_serving(agent, 1)
     assert events.outcomes(job) == [("FAILED", "rolled_back")]
@@ -618,11 +621,20 @@ def test_a_job_queued_behind_a_running_one_is_persisted_and_survives_a_restart(
     policy = ManagerPolicy(probation_frames=10, probation_seconds=30, isolate_validation=False)
     agent = in_process_agent(classifier_bundle(1), policy, clock=clock, faults=chain(note_probation))
     events = subscribe(agent)
+    queued_on_disk: dict[str, list[str]] = {}  # job id -> the queue in the file when QUEUED was said
+
+    def read_queue_when_queued(event: JobEvent) -> None:
+        if event.status.value == "QUEUED":
+            data = json.loads(agent.store.state_path.read_text())
+            queued_on_disk[event.job_id] = [j["job_id"] for j in data["queue"]]
+
+    agent.events.subscribe(read_queue_when_queued)
     first = agent.manager.submit(classifier_bundle(2))
     assert in_probation.wait(WAIT)
     v3 = classifier_bundle(3)
     second = agent.manager.submit(v3)
-    assert events.chain(second) == [("QUEUED", None)]  # acknowledged only once it is on disk:
+    assert events.chain(second) == [("QUEUED", None)]
+    assert queued_on_disk == {first: [first], second: [second]}  # on disk before it was announced
     on_disk = json.loads(agent.store.state_path.read_text())
     assert on_disk["phase"] == "PROBATION" and on_disk["job_id"] == first
     assert [(j["job_id"], j["action"], j["source"]) for j in on_disk["queue"]] == [
