@@ -335,8 +335,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
 
     p = models_sub.add_parser("rollback", help="go back to the previous version")
+    p.add_argument("--force", action="store_true", help="roll back even while a version is pinned (logged)")
     _add_control_flag(p)
-    p.set_defaults(control_call=lambda a: ("POST", "/models/rollback", {}))
+    p.set_defaults(control_call=lambda a: ("POST", "/models/rollback", {"force": True} if a.force else {}))
 
     p = models_sub.add_parser("pin", help="never replace VERSION (default: the current one) automatically")
     p.add_argument("version", type=int, nargs="?")

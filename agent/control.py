@@ -5,7 +5,8 @@
     GET  /models             the versions in the store, with which is current / previous / pinned
     POST /models/activate    {"version": N[, "name": S][, "force": true]}  explicit activation; the
                              rules (pin, downgrade, release counter) apply unless "force" is true
-    POST /models/rollback    back to the previous version
+    POST /models/rollback    {"force": true}? back to the previous version (refused while pinned
+                             unless forced)
     POST /models/pin         {"version": N} or {} for the current one: never replaced automatically
     POST /models/unpin
 
@@ -62,7 +63,7 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")  # RFC 6750 token68, and no
 # The fields each write endpoint accepts; anything else is a 400 naming it.
 BODY_FIELDS: dict[str, frozenset[str]] = {
     "/models/activate": frozenset({"version", "name", "force"}),
-    "/models/rollback": frozenset(),
+    "/models/rollback": frozenset({"force"}),
     "/models/pin": frozenset({"version"}),
     "/models/unpin": frozenset(),
 }
@@ -80,7 +81,7 @@ class Controller(Protocol):
 
     def activate(self, version: int, name: str | None = None, force: bool = False) -> dict[str, Any]: ...
 
-    def rollback(self) -> dict[str, Any]: ...
+    def rollback(self, force: bool = False) -> dict[str, Any]: ...
 
     def pin(self, version: int | None) -> dict[str, Any]: ...
 
@@ -112,22 +113,14 @@ def default_address(state_dir: Path | str) -> str:
 
 
 def parse_address(spec: str) -> tuple[str, int] | Path:
-    """``HOST:PORT``, ``:PORT``, ``PORT`` or ``unix:/path/to.sock``."""
-    spec = spec.strip()
-    if spec.startswith("unix:"):
-        if not spec[5:].strip():
-            raise ConfigError(f"control address {spec!r}: give the socket's path, e.g. unix:/run/x.sock")
-        return Path(spec[5:])
-    host, _, port = spec.rpartition(":")
-    try:
-        port_n = int(port)
-    except ValueError:
-        raise ConfigError(
-            f"control address {spec!r}: use unix:/path/to.sock or HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT})"
-        ) from None
-    if not 0 <= port_n <= 65535:
-        raise ConfigError(f"control address {spec!r}: port must be 0-65535")
-    return (host or "127.0.0.1", port_n)
+    """``HOST:PORT``, ``:PORT``, ``PORT`` or ``unix:/path/to.sock``: the config's one grammar
+    (``agent.config.parse_control_address``), without ``off``."""
+    from agent.config import parse_control_address
+
+    addr = parse_control_address(spec)
+    if addr is None:
+        raise ConfigError(f"control address {spec!r}: 'off' is not an address to serve or reach")
+    return addr
 
 
 # -- the token ---------------------------------------------------------------------------------
@@ -371,8 +364,11 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self._send(200, ctl.activate(version, name))
             elif method == "POST" and path == "/models/rollback":
-                self._body(path)
-                self._send(200, ctl.rollback())
+                if _bool_field(self._body(path), "force"):
+                    log.warning("control: forced rollback requested: the pin is overridden")
+                    self._send(200, ctl.rollback(force=True))
+                else:
+                    self._send(200, ctl.rollback())
             elif method == "POST" and path == "/models/pin":
                 self._send(200, ctl.pin(_int_field(self._body(path), "version", False)))
             elif method == "POST" and path == "/models/unpin":

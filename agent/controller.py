@@ -78,8 +78,8 @@ class DaemonController:
     def activate(self, version: int, name: str | None = None, force: bool = False) -> dict[str, Any]:
         return self._manager().activate(version, name, force=force)
 
-    def rollback(self) -> dict[str, Any]:
-        return self._manager().rollback()
+    def rollback(self, force: bool = False) -> dict[str, Any]:
+        return self._manager().rollback(force=force)
 
     def pin(self, version: int | None) -> dict[str, Any]:
         return self._manager().pin(version)

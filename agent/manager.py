@@ -51,7 +51,7 @@ from agent.control import RequestError
 from agent.handle import ModelHandle
 from agent.source import Frame
 from agent.swapper import Swapper, is_loaded
-from inference.errors import BundleError, ConfigError, EdgeAgentError
+from inference.errors import BundleError, ConfigError, EdgeAgentError, TransientError
 from inference.model import LoadedModel, load_model
 from inference.result import Result
 from inference.runtime import RuntimeOptions
@@ -315,9 +315,9 @@ class ModelManager:
                     self._resume_probation = True
                     return
             elif action is Action.ROLL_BACK:
-                self._advance(
-                    Event.ERROR, reason=f"restarted {self.machine.record.attempts} times in {phase.value}"
-                )
+                verdict = self.machine.record.verdict
+                why = verdict or f"restarted {self.machine.record.attempts} times in {phase.value}"
+                self._advance(Event.ERROR, reason=why)
                 self._finish_rollback(self.machine.record.reason or "crash loop")
             elif action is Action.FINISH_ROLLBACK:
                 self._finish_rollback(self.machine.record.reason or "rollback interrupted by a restart")
@@ -375,24 +375,40 @@ class ModelManager:
             return None
 
     def _work(self) -> None:
+        backoff = 0.0
         while not self._stopping.is_set():
             job = self._next_job()
             if self._stopping.is_set():
                 return
+            ok = False
             try:
                 if job is None:  # boot found a job in ACTIVATING/PROBATION
                     self._resume_probation = False
                     self._probation_step(resumed=True)
                 else:
                     self._run_job(job)
+                ok = True
+            except TransientError as err:  # the state file cannot be written (disk full, I/O)
+                log.error("update job %s paused: %s", job.job_id if job else "resumed", err)
             except Exception as err:  # a bug in a step: record it on the job, keep serving
                 log.exception("update job %s failed unexpectedly", job.job_id if job else "resumed")
-                if self.machine.state is not State.IDLE:
-                    self._fail(f"internal error: {type(err).__name__}: {err}")
+                self._record_internal_error(err)
             finally:
                 with self._cond:
                     self._running = None
                     self._cond.notify_all()
+            # the job stays queued (or its state stays on disk): retry it after a back-off,
+            # never in a tight loop and never by letting this thread die
+            backoff = 0.0 if ok else min(60.0, max(1.0, backoff * 2))
+            if backoff:
+                self._stopping.wait(backoff)
+
+    def _record_internal_error(self, err: Exception) -> None:
+        try:
+            if self.machine.state is not State.IDLE:
+                self._fail(f"internal error: {type(err).__name__}: {err}")
+        except EdgeAgentError as err2:  # the failure cannot be recorded now: the back-off retries
+            log.error("could not record the failure (%s); retrying later", err2)
 
     def idle(self) -> bool:
         return (
@@ -476,6 +492,16 @@ class ModelManager:
         return {"message": f"rolling back (job {job.job_id})", "job_id": job.job_id}
 
     def pin(self, version: int | None) -> dict[str, Any]:
+        with self._lock:
+            return self._pin(version)
+
+    def _pin(self, version: int | None) -> dict[str, Any]:
+        if self.machine.state is not State.IDLE:
+            raise RequestError(
+                f"an update is in progress ({self.machine.state.value}): pin once it has ended "
+                "(`edge-agent status`), so the pin names the version that serves",
+                409,
+            )
         cur = self.store.current()
         target = cur
         if version is not None:
@@ -489,7 +515,8 @@ class ModelManager:
         return {"message": f"pinned {target}"}
 
     def unpin(self) -> dict[str, Any]:
-        self.machine.set_pin(None)
+        with self._lock:
+            self.machine.set_pin(None)
         return {"message": "unpinned"}
 
     # ------------------------------------------------------------------ jobs
@@ -549,6 +576,9 @@ class ModelManager:
             self._advance(Event.FETCHED)
             try:
                 stored = self.store.import_bundle(path, job.job_id)
+            except TransientError as err:  # the bundle may be fine: leave it where it is
+                self._fail(f"could not import {path.name} ({err}); the bundle is left in place")
+                return
             except EdgeAgentError as err:
                 self._dispose(path, rejected=True)
                 self._fail(f"rejected {path.name}: {err}", rejected=True)
@@ -690,14 +720,16 @@ class ModelManager:
         )
         with self._verdict_lock:
             self._probation = p
-        while not p.done.wait(TICK_S):
-            if self._stopping.is_set():
-                return
-            self.check_probation(p)
-        if self._stopping.is_set() and p.verdict is None:
+        try:
+            while not p.done.wait(TICK_S):
+                if self._stopping.is_set():
+                    return
+                self.check_probation(p)
+        finally:
+            with self._verdict_lock:
+                self._probation = None
+        if p.verdict is None:  # stopping: the state on disk (PROBATION) resumes at the next start
             return
-        with self._verdict_lock:
-            self._probation = None
         assert p.verdict is not None
         if p.verdict.decision is Decision.FAIL:
             self._finish_rollback(p.verdict.reason)
@@ -725,18 +757,27 @@ class ModelManager:
             if p.verdict is not None or self._probation is not p:
                 return False
             p.verdict = verdict
-            if verdict.decision is Decision.FAIL:
-                t0 = time.perf_counter()
-                self.last_decision_at = time.monotonic()
-                self._rejected = p.candidate
-                self.results_after_verdict = 0
-                self.swapper.revert_now()
-                self.last_rollback_ms = (time.perf_counter() - t0) * 1000.0
-                log.error(
-                    "probation of %s v%s failed: %s", p.candidate.name, p.candidate.version, verdict.reason
-                )
-            p.done.set()
+            try:
+                if verdict.decision is Decision.FAIL:
+                    self._revert(p, verdict)
+            finally:
+                p.done.set()
             return True
+
+    def _revert(self, p: _Probation, verdict: Verdict) -> None:
+        """A failed verdict: the warm previous model serves the very next frame, then the
+        verdict is on disk, so a crash before the worker's rollback still rolls back."""
+        t0 = time.perf_counter()
+        self.last_decision_at = time.monotonic()
+        self._rejected = p.candidate
+        self.results_after_verdict = 0
+        swapped = self.swapper.revert_now()  # None with no standby (memory): the worker reloads
+        self.last_rollback_ms = (time.perf_counter() - t0) * 1000.0 if swapped is not None else None
+        log.error("probation of %s v%s failed: %s", p.candidate.name, p.candidate.version, verdict.reason)
+        try:
+            self.machine.record_verdict(verdict.reason)
+        except TransientError as err:
+            log.error("could not persist the failed verdict (%s): a crash now resumes probation", err)
 
     def _finish_commit(self) -> None:
         self.swapper.release_standby()

@@ -8,7 +8,7 @@ what it settles on. Two kinds of trial alternate:
   file; the kill lands at a uniformly random moment of the update, from outside;
 - *targeted*: a persisted state is chosen in turn (each with a candidate that passes
   through it) and the kill lands a uniformly random 0-20 ms after that state reached the
-  disk, inside its step, from a fault point injected through ``tests/fixtures/crash_agent.py``
+  disk, inside its step (for the sub-millisecond steps: at the state itself or within 1 ms), from a fault point injected through ``tests/fixtures/crash_agent.py``
   (the manager's ``faults`` hook; the agent has no switch for it). Steps that take a few
   milliseconds (importing a small bundle, moving pointers) are hit this way, which a
   wall-clock kill almost never does.
@@ -51,6 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TRIALS, QUICK_TRIALS = 100, 10
 KILL_WINDOW_S = 0.5  # random trials: the kill lands uniformly in [0, this) after the update started
 INSIDE_STEP_S = 0.02  # targeted trials: the kill lands uniformly in [0, this) after the state is on disk
+# steps that take well under a millisecond here (no download for a local drop, a pointer swap,
+# a report): the kill lands at the state itself, or within 1 ms, half the time each
+SHORT_STEPS = {"FETCHING", "STAGED", "COMMITTED", "ROLLING_BACK", "FAILED"}
+SHORT_STEP_S = 0.001
 TARGETS = [  # (state, candidate that passes through it)
     ("FETCHING", "good"),
     ("VERIFYING", "tampered"),
@@ -176,7 +180,10 @@ def trial(i: int, bundles: dict[str, Path], tmp: Path, rng: random.Random) -> di
     fault: tuple[str, float] | None = None
     if targeted:
         target, kind = TARGETS[(i // 2) % len(TARGETS)]
-        delay = rng.uniform(0.0, INSIDE_STEP_S)
+        if target in SHORT_STEPS:
+            delay = 0.0 if rng.random() < 0.5 else rng.uniform(0.0, SHORT_STEP_S)
+        else:
+            delay = rng.uniform(0.0, INSIDE_STEP_S)
         fault = (f"after:{target}", delay)
         row: dict[str, Any] = {
             "trial": i,

@@ -273,6 +273,7 @@ class UpdateRecord:
     seen: tuple[str, ...] = ()  # ids of the jobs accepted lately (replay protection), newest last
     pin: VersionRef | None = None  # never replaced automatically while set
     baseline: Baseline = field(default_factory=Baseline)  # the previous version's figures (probation)
+    verdict: str | None = None  # a failed probation verdict, on disk before the worker's rollback
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -293,6 +294,7 @@ class UpdateRecord:
             "seen": list(self.seen),
             "pin": None if self.pin is None else self.pin.to_json(),
             "baseline": self.baseline.to_json(),
+            "verdict": self.verdict,
         }
 
     @classmethod
@@ -333,6 +335,7 @@ class UpdateRecord:
                 seen=tuple(seen),
                 pin=VersionRef.from_json(data.get("pin")),
                 baseline=Baseline.from_json(data.get("baseline")),
+                verdict=None if data.get("verdict") is None else str(data.get("verdict")),
             )
         except KeyError as exc:
             raise ValueError(f"missing field {exc.args[0]!r}") from None
@@ -368,7 +371,7 @@ def resume_action(record: UpdateRecord, *, max_attempts: int = 3, max_resumes: i
     if phase in PRE_ACTIVATION:
         return Action.DISCARD_STAGING
     if phase in (S.ACTIVATING, S.PROBATION):
-        if record.attempts > max_attempts:
+        if record.attempts > max_attempts or (phase is S.PROBATION and record.verdict is not None):
             return Action.ROLL_BACK
         return Action.RESUME_ACTIVATION if phase is S.ACTIVATING else Action.RESUME_PROBATION
     if phase is S.COMMITTED:
@@ -494,6 +497,11 @@ class UpdateMachine:
         with self._lock:
             self._persist(replace(self._record, pin=ref, updated_at=self.clock()))
 
+    def record_verdict(self, reason: str) -> None:
+        """A failed probation verdict, persisted before the worker rolls back (resume: ROLL_BACK)."""
+        with self._lock:
+            self._persist(replace(self._record, verdict=reason, updated_at=self.clock()))
+
     def set_baseline(self, baseline: Baseline) -> None:
         """The previous version's figures, on disk before ACTIVATING (a resumed probation needs them)."""
         with self._lock:
@@ -584,6 +592,7 @@ class UpdateMachine:
                 reason=reason,
                 outcome=None,
                 job=job,
+                verdict=None,
                 queue=tuple(j for j in rec.queue if j.job_id != job_id),
                 seen=(*tuple(s for s in rec.seen if s != job_id), job_id)[-SEEN_KEEP:],
             )

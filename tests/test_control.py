@@ -51,8 +51,8 @@ class FakeController:
             raise RequestError("no version 99 in the store", 404)
         return {"message": f"activating v{version}"}
 
-    def rollback(self) -> dict[str, Any]:
-        self.calls.append(("rollback", None))
+    def rollback(self, force: bool = False) -> dict[str, Any]:
+        self.calls.append(("rollback", force or None))
         return {"message": "rolled back"}
 
     def pin(self, version: int | None) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def test_parse_address() -> None:
     assert parse_address("unix:/run/x.sock") == Path("/run/x.sock")
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_address("localhost")
-    with pytest.raises(ConfigError, match="socket's path"):
+    with pytest.raises(ConfigError, match="no socket path"):
         parse_address("unix:")
 
 
@@ -109,6 +109,7 @@ def test_endpoints(server: tuple[ControlServer, FakeController]) -> None:
         assert c.post("/models/pin", json={}).json()["message"] == "pinned v2"
         assert c.post("/models/unpin").status_code == 200
         assert c.post("/models/rollback").json()["message"] == "rolled back"
+        assert c.post("/models/rollback", json={"force": True}).json()["message"] == "rolled back"
         assert c.post("/models/activate", json={"version": 5, "force": True}).status_code == 200
         assert ctl.calls[-1:] == [("activate", 5, "force")]
         assert c.post("/models/activate", json={"version": 5, "force": "yes"}).status_code == 400
@@ -122,7 +123,7 @@ def test_unknown_fields_are_refused(server: tuple[ControlServer, FakeController]
         err = r.json()["error"]
         assert '"forse"' in err and '"zz"' in err and '"force"' in err  # names them, and what is taken
         r = c.post("/models/rollback", json={"version": 1})
-        assert r.status_code == 400 and '"version"' in r.json()["error"] and "no fields" in r.json()["error"]
+        assert r.status_code == 400 and '"version"' in r.json()["error"] and '"force"' in r.json()["error"]
         assert c.post("/models/pin", json={"name": "det"}).status_code == 400
         assert c.post("/models/unpin", json={"x": 1}).status_code == 400
     assert ctl.calls == []  # nothing reached the controller

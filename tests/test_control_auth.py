@@ -247,6 +247,8 @@ def test_cli_finds_the_socket_from_STATE_DIRECTORY(
     code, out, err = _main(["models", "rollback"], capsys)
     assert code == 0 and out.strip() == "rolled back", err
     assert ctl.calls == [("rollback", None)]
+    code, out, err = _main(["models", "rollback", "--force"], capsys)
+    assert code == 0 and ctl.calls[-1] == ("rollback", True)
     # an explicit --control wins over the state root
     code, _, err = _main(["status", "--control", f"unix:{state / 'other.sock'}"], capsys)
     assert code == 1 and f"unix:{state / 'other.sock'}" in err and "--control" in err

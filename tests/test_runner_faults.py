@@ -1,0 +1,126 @@
+"""The job runner under faults of its own persistence and of operator timing.
+
+- a state file that cannot be written (a full disk) pauses the worker with a back-off: it
+  neither spins nor dies, and the job runs once the disk has room again;
+- a failed probation verdict is on disk before the worker's rollback, so a restart in
+  between rolls back instead of resuming the rejected candidate's probation;
+- a pin asked for while an update runs is refused (it would name the candidate).
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.control import RequestError
+from agent.manager import ManagerPolicy
+from inference.fsio import FsOps
+from ota.update_events import JobEvent, JobStatus
+from ota.update_machine import Action, Event, State, UpdateMachine, UpdateRecord, VersionRef, resume_action
+
+Make = Callable[..., Path]
+Start = Callable[..., Any]
+
+
+class FullDisk(FsOps):
+    """Every fsync fails with ENOSPC while ``full`` is set; counts the attempts."""
+
+    def __init__(self) -> None:
+        self.full = threading.Event()
+        self.failed = 0
+
+    def fsync(self, fd: int) -> None:
+        if self.full.is_set():
+            self.failed += 1
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        super().fsync(fd)
+
+
+def test_a_full_disk_pauses_the_worker_with_a_back_off(classifier_bundle: Make, in_process_agent: Start) -> None:
+    agent = in_process_agent(classifier_bundle(1), ManagerPolicy(probation_frames=10, isolate_validation=False))
+    assert agent.sink.wait_frames(10)
+    disk = FullDisk()
+    agent.machine.fs = disk
+    queued = threading.Event()
+
+    def on_event(ev: JobEvent) -> None:
+        if ev.status is JobStatus.QUEUED:  # the job is on disk: now the disk fills up
+            disk.full.set()
+            queued.set()
+
+    agent.events.subscribe(on_event)
+    t0 = time.monotonic()
+    agent.manager.submit(classifier_bundle(2))
+    assert queued.is_set()
+    # the worker tries to write START and fails; wait until it has tried twice (one back-off)
+    end = time.monotonic() + 20
+    while disk.failed < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert disk.failed >= 2, "the worker did not retry"
+    elapsed = time.monotonic() - t0
+    assert disk.failed <= 2 * (elapsed + 2), f"{disk.failed} attempts in {elapsed:.1f} s: a tight loop"
+    assert agent.manager._thread is not None and agent.manager._thread.is_alive()
+    assert agent.machine.state is State.IDLE and [j.action for j in agent.machine.queue] == ["deploy"]
+    disk.full.clear()  # room again: the queued job runs to its end
+    assert agent.manager.wait_idle(60)
+    assert agent.handle.current.version == 2 and agent.store.current().version == 2
+
+
+def test_a_recorded_failed_verdict_rolls_back_on_restart() -> None:
+    ref = VersionRef("cls", 2, "ab" * 32)
+    rec = UpdateRecord(phase=State.PROBATION, job_id="j", target=ref, previous=VersionRef("cls", 1, "cd" * 32))
+    assert resume_action(rec) is Action.RESUME_PROBATION
+    failed = UpdateRecord(**{**rec.__dict__, "verdict": "confidence collapsed"})
+    assert resume_action(failed) is Action.ROLL_BACK
+    assert UpdateRecord.from_json(failed.to_json()).verdict == "confidence collapsed"
+
+
+def test_failed_verdict_is_persisted_before_the_worker_rolls_back(
+    classifier_bundle: Make, in_process_agent: Start
+) -> None:
+    seen: list[str | None] = []
+    holder: dict[str, Any] = {}
+
+    def faults(point: str) -> None:
+        if point == "after:ROLLING_BACK":  # the worker starts its part: the verdict is already on disk
+            seen.append(UpdateMachine(holder["agent"].store.state_path).record.verdict)
+
+    agent = in_process_agent(
+        classifier_bundle(1), ManagerPolicy(probation_frames=20, isolate_validation=False), faults=faults
+    )
+    holder["agent"] = agent
+    assert agent.sink.wait_frames(60)
+    agent.manager.submit(classifier_bundle(2, strength=0.0))
+    assert agent.manager.wait_idle(60)
+    assert seen and seen[0] is not None and "confidence collapsed" in seen[0]
+    assert agent.machine.record.outcome is not None and agent.machine.record.outcome.value == "rolled_back"
+    agent.machine.advance(Event.START, job_id="next", previous=agent.store.current().to_ref())
+    assert agent.machine.record.verdict is None  # a new job starts with no verdict
+
+
+def test_pin_during_an_update_is_refused(classifier_bundle: Make, in_process_agent: Start) -> None:
+    answers: list[str] = []
+    holder: dict[str, Any] = {}
+
+    def faults(point: str) -> None:
+        if point == "after:PROBATION":
+            with pytest.raises(RequestError) as refused:
+                holder["agent"].manager.pin(None)
+            answers.append(f"{refused.value.status} {refused.value}")
+
+    agent = in_process_agent(
+        classifier_bundle(1), ManagerPolicy(probation_frames=10, isolate_validation=False), faults=faults
+    )
+    holder["agent"] = agent
+    agent.manager.submit(classifier_bundle(2))
+    assert agent.manager.wait_idle(60)
+    assert answers and answers[0].startswith("409") and "update is in progress" in answers[0]
+    assert agent.machine.pin is None
+    agent.manager.pin(None)  # once it has ended, the pin names what serves
+    assert agent.machine.pin is not None and agent.machine.pin.version == 2
