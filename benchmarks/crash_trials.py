@@ -8,8 +8,9 @@ what it settles on. Two kinds of trial alternate:
   file; the kill lands at a uniformly random moment of the update, from outside;
 - *targeted*: a persisted state is chosen in turn (each with a candidate that passes
   through it) and the kill lands a uniformly random 0-20 ms after that state reached the
-  disk, inside its step (for the sub-millisecond steps: at the state itself or within 1 ms), from a fault point injected through ``tests/fixtures/crash_agent.py``
-  (the manager's ``faults`` hook; the agent has no switch for it). Steps that take a few
+  disk, inside its step (for the sub-millisecond steps: at the state itself or within
+  1 ms), from a fault point injected through ``tests/fixtures/crash_agent.py`` (the
+  manager's ``faults`` hook; the agent has no switch for it). Steps that take a few
   milliseconds (importing a small bundle, moving pointers) are hit this way, which a
   wall-clock kill almost never does.
 
