@@ -154,6 +154,13 @@ def _number(maximum: float | None = None) -> Check:
 _float = _number()
 
 
+def _positive(value: Any, where: str) -> float:
+    out = _float(value, where)
+    if out == 0:
+        raise ConfigError(f"{where}: must be > 0, got {value}")
+    return out
+
+
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {_type_name(value)} {value!r}")
@@ -256,7 +263,7 @@ def _probation(value: Any, where: str) -> ProbationConfig:
         "seconds": _float,
         "max_error_rate": _number(1.0),
         "min_confidence_ratio": _number(1.0),
-        "max_seconds": _float,
+        "max_seconds": _positive,
         "on_thin_evidence": _choice(("rollback", "commit")),
     }
     out: dict[str, Any] = {}
@@ -266,6 +273,15 @@ def _probation(value: Any, where: str) -> ProbationConfig:
                 f"{where}: unknown key {key!r}; valid keys in [probation]: {', '.join(sorted(checks))}"
             )
         out[key] = checks[key](item, f"{where}.{key}")
+    if (
+        out.get("seconds") is not None
+        and out.get("max_seconds") is not None
+        and out["seconds"] > out["max_seconds"]
+    ):
+        raise ConfigError(
+            f"{where}: seconds ({out['seconds']:g}) is over max_seconds ({out['max_seconds']:g}): the "
+            "deadline would fall before probation could gather its evidence; raise max_seconds"
+        )
     return ProbationConfig(**out)
 
 

@@ -16,7 +16,10 @@ file with a small reader of the protobuf wire format, restricted to what is need
 quantised with that node's scale and zero point; so is a graph output made by a
 ``QuantizeLinear`` node. Those two parameters must be constant per-tensor values held in the
 model file (initializers or ``Constant`` nodes, scalars or one-element tensors, as raw bytes or
-typed fields). When they are not, or the file is malformed, the reader raises ``BundleError``
+typed fields). A graph output made directly by a quantised operator (``QLinearConv``,
+``QLinearMatMul``, ...: the QOperator format) takes the scale and zero point that operator
+is given for its output; an unknown ``QLinear*`` operator is an error. When they are not
+usable, or the file is malformed, the reader raises ``BundleError``
 naming the file, the tensor and the fix: a model is never served with integers its decoder
 would take for floats. A model with no such node (a float model, or a uint8 image input that the
 graph casts itself) has no quantisation parameters: empty maps.
@@ -380,6 +383,18 @@ def _graph(buf: Buffer, spans: list[_Span]) -> tuple[
             if op in ("DequantizeLinear", "QuantizeLinear"):
                 node = _Node(index, name, [_text(buf, *s) for s in ins], [_text(buf, *s) for s in outs])
                 (dq if op == "DequantizeLinear" else q).append(node)
+            elif op.startswith("QLinear") and outs:
+                # a quantised operator (QOperator format): its output's scale and zero point are
+                # two of its inputs; seen as a QuantizeLinear with (output, scale, zero point)
+                ins_t = [_text(buf, *s) for s in ins]
+                where = QLINEAR_OUTPUT_PARAMS.get(op)
+                node_name = name or f"#{index}"
+                if where is None:
+                    q.append(_Node(index, f"{node_name} ({op}, unknown)", [], [_text(buf, *outs[0])]))
+                else:
+                    si, zi = where
+                    params = [ins_t[si] if si < len(ins_t) else "", ins_t[zi] if zi < len(ins_t) else ""]
+                    q.append(_Node(index, f"{node_name} ({op})", ["", *params], [_text(buf, *outs[0])]))
             elif op == "Constant" and outs:
                 value = _constant_value(buf, attrs)
                 if value is not None:
@@ -397,6 +412,21 @@ def _graph(buf: Buffer, spans: list[_Span]) -> tuple[
     consts = dict(inits)
     consts.update(constants)  # a Constant node's output shadows an initializer of that name
     return inputs, outputs, consts, dq, q
+
+
+#: the input positions of the output's scale and zero point, per quantised operator
+QLINEAR_OUTPUT_PARAMS: dict[str, tuple[int, int]] = {
+    "QLinearConv": (6, 7),
+    "QLinearMatMul": (6, 7),
+    "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7),
+    "QLinearSigmoid": (3, 4),
+    "QLinearLeakyRelu": (3, 4),
+    "QLinearAveragePool": (3, 4),
+    "QLinearGlobalAveragePool": (3, 4),
+    "QLinearSoftmax": (3, 4),
+    "QLinearConcat": (0, 1),
+}
 
 
 def _params(buf: Buffer, node: _Node, consts: dict[str, _Const]) -> tuple[float, int]:

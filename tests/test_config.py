@@ -343,3 +343,12 @@ def test_a_bad_control_flag_is_rejected_before_anything_runs(
     path = _runnable(tmp_path, tiny_models["classifier"], "")
     code, err = _main(["run", "--config", str(path), "--control", "nonsense"], capsys)
     assert code == 2 and len(err) == 1 and "--control" in err[0] and "nonsense" in err[0]
+
+
+def test_probation_deadline_must_leave_room_for_the_evidence() -> None:
+    with pytest.raises(ConfigError, match="max_seconds"):
+        parse_config({"probation": {"seconds": 60, "max_seconds": 30}}, "t")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        parse_config({"probation": {"max_seconds": 0}}, "t")
+    cfg = parse_config({"probation": {"seconds": 30, "max_seconds": 60, "on_thin_evidence": "commit"}}, "t")
+    assert cfg.probation.max_seconds == 60 and cfg.probation.on_thin_evidence == "commit"

@@ -605,3 +605,56 @@ def test_real_models_read_the_same_graph_as_onnx(zoo_model: Any, name: str) -> N
     assert got.graph_inputs == tuple(i.name for i in model.graph.input)
     assert got.graph_outputs == tuple(o.name for o in model.graph.output)
     assert (got.inputs, got.outputs) == reference(data)
+
+
+def test_output_made_by_a_qlinear_operator_takes_its_output_params(tmp_path: Path) -> None:
+    """QOperator format: a uint8 graph output made by QLinearMatMul is dequantised with the
+    y_scale / y_zero_point that operator is given, not served as raw integers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from inference.onnx_quant import read_onnx_quant
+
+    def u8(name: str, v: int) -> Any:
+        return numpy_helper.from_array(np.array(v, np.uint8), name)
+
+    def f32(name: str, v: float) -> Any:
+        return numpy_helper.from_array(np.array(v, np.float32), name)
+
+    w = numpy_helper.from_array(np.full((3, 2), 7, np.uint8), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"]),
+        ],
+        "qop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 2])],
+        initializer=[
+            f32("xs", 0.1),
+            u8("xz", 10),
+            w,
+            f32("ws", 0.05),
+            u8("wz", 3),
+            f32("ys", 0.25),
+            u8("yz", 4),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "qop.onnx"
+    path.write_bytes(model.SerializeToString())
+    q = read_onnx_quant(path)
+    assert q.outputs == {"y": (0.25, 4)}
+    assert q.inputs == {}
+
+    bad = helper.make_graph(
+        [helper.make_node("QLinearSomethingNew", ["x"], ["y"], domain="com.example")],
+        "qop2",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 3])],
+    )
+    model2 = helper.make_model(bad, opset_imports=[helper.make_opsetid("", 13)])
+    path2 = tmp_path / "qop2.onnx"
+    path2.write_bytes(model2.SerializeToString())
+    with pytest.raises(BundleError, match="QLinearSomethingNew"):
+        read_onnx_quant(path2)
