@@ -158,7 +158,7 @@ def _positive(value: Any, where: str) -> float:
     out = _float(value, where)
     if out == 0:
         raise ConfigError(f"{where}: must be > 0, got {value}")
-    return out
+    return float(out)
 
 
 def _bool(value: Any, where: str) -> bool:
