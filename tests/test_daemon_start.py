@@ -34,7 +34,9 @@ def test_control_api_that_cannot_listen_fails_before_ready(
     assert "READY=1" not in notify_socket.fields()
 
 
-def test_control_off_runs_without_the_api(tmp_path: Path, notify_socket: NotifySocket, tiny_bundle: Path) -> None:
+def test_control_off_runs_without_the_api(
+    tmp_path: Path, notify_socket: NotifySocket, tiny_bundle: Path
+) -> None:
     """``control = "off"`` is the explicit way to run without it: READY, frames, exit 0."""
     state = tmp_path / "state"
     proc = run_agent(

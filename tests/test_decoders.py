@@ -29,6 +29,7 @@ from inference.geometry import Transform
 from inference.nms import nms, weighted_nms
 from inference.result import Detection, Result
 from inference.runtime import TensorInfo
+from tests.fixtures.need import need_module, unavailable
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("EDGE_AGENT_REGEN_GOLDEN") == "1"
@@ -108,7 +109,7 @@ def zoo_or_skip(kind: str, name: str) -> Path:
     try:
         return zoo.model_file(name) if kind == "model" else zoo.asset(name)
     except TransientError as exc:  # offline and nothing cached
-        pytest.skip(f"zoo {kind} {name} unavailable: {exc}")
+        unavailable(f"zoo {kind} {name} unavailable: {exc}")
 
 
 def read_image(name: str) -> U8:
@@ -500,7 +501,7 @@ def test_ssd_decode_built_outputs() -> None:
 
 @pytest.fixture(scope="module")
 def litert() -> Any:
-    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = need_module("ai_edge_litert.interpreter")
     return interpreter.Interpreter
 
 

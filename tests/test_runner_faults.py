@@ -42,8 +42,12 @@ class FullDisk(FsOps):
         super().fsync(fd)
 
 
-def test_a_full_disk_pauses_the_worker_with_a_back_off(classifier_bundle: Make, in_process_agent: Start) -> None:
-    agent = in_process_agent(classifier_bundle(1), ManagerPolicy(probation_frames=10, isolate_validation=False))
+def test_a_full_disk_pauses_the_worker_with_a_back_off(
+    classifier_bundle: Make, in_process_agent: Start
+) -> None:
+    agent = in_process_agent(
+        classifier_bundle(1), ManagerPolicy(probation_frames=10, isolate_validation=False)
+    )
     assert agent.sink.wait_frames(10)
     disk = FullDisk()
     agent.machine.fs = disk
@@ -74,7 +78,9 @@ def test_a_full_disk_pauses_the_worker_with_a_back_off(classifier_bundle: Make, 
 
 def test_a_recorded_failed_verdict_rolls_back_on_restart() -> None:
     ref = VersionRef("cls", 2, "ab" * 32)
-    rec = UpdateRecord(phase=State.PROBATION, job_id="j", target=ref, previous=VersionRef("cls", 1, "cd" * 32))
+    rec = UpdateRecord(
+        phase=State.PROBATION, job_id="j", target=ref, previous=VersionRef("cls", 1, "cd" * 32)
+    )
     assert resume_action(rec) is Action.RESUME_PROBATION
     failed = UpdateRecord(**{**rec.__dict__, "verdict": "confidence collapsed"})
     assert resume_action(failed) is Action.ROLL_BACK

@@ -16,6 +16,7 @@ from agent.cli_models import check_bundle
 from inference import zoo
 from inference.bundle import open_bundle
 from inference.errors import ConfigError, TransientError, VerificationError
+from tests.fixtures.need import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +101,7 @@ def asset_bytes() -> dict[str, bytes]:
     try:
         return {m.path: zoo.asset(n).read_bytes() for n, m in zoo.ASSETS.items()}
     except TransientError as exc:
-        pytest.skip(f"assets unavailable: {exc}")
+        unavailable(f"assets unavailable: {exc}")
 
 
 def test_wheelhouse_serves_offline_devices(
