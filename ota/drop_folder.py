@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from inference.errors import SourceError
+from inference.errors import SourceError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,10 @@ class DropFolderWatcher:
             self._dirty.add(rel.parts[0])
         self._wake.set()
 
+    def rescan_now(self) -> None:
+        """Mark every entry for the next ``tick`` (the periodic rescan; tests drive it)."""
+        self._mark_all()
+
     def _mark_all(self) -> None:
         try:
             names = [e.name for e in os.scandir(self.folder)]
@@ -243,7 +247,10 @@ class DropFolderWatcher:
             log.info("drop folder: candidate %s", path)
             try:
                 self.on_candidate(path)
-            except Exception:
+            except TransientError as exc:  # not taken (e.g. the state file cannot be written)
+                self._reported.pop(path.name, None)
+                log.warning("drop folder: %s not taken (%s); offered again at the next rescan", path, exc)
+            except Exception:  # a bug in the callback: logged with its traceback, the watcher goes on
                 log.exception("drop folder: handling %s failed; the watcher carries on", path)
         return ready
 

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,62 +59,89 @@ def watch(incoming: Path) -> Iterator[tuple[DropFolderWatcher, Collector]]:
         w.stop()
 
 
-def settle() -> None:
-    time.sleep(DEBOUNCE * 3)
+def driven(incoming: Path, got: Collector) -> tuple[DropFolderWatcher, Callable[[float], list[Path]]]:
+    """A watcher with no thread: the test rescans and ticks it at the ``now`` it chooses, so
+    "nothing reported yet" is a fact about the watcher's rules, not about how fast a machine is."""
+    w = DropFolderWatcher(incoming, got, debounce=DEBOUNCE, use_events=False)
+
+    def at(now: float) -> list[Path]:
+        w.rescan_now()
+        return w.tick(now)
+
+    return w, at
 
 
-def test_bundle_copied_file_by_file_manifest_last(
-    watch: tuple[DropFolderWatcher, Collector], incoming: Path
-) -> None:
-    _, got = watch
+def test_bundle_copied_file_by_file_manifest_last(incoming: Path) -> None:
+    got = Collector()
+    _, at = driven(incoming, got)
     data = tiny_onnx("a")
     b = incoming / "det-v1"
     b.mkdir()
     with open(b / "model.onnx", "wb") as fh:
         fh.write(data[:10])
         fh.flush()
-        settle()
+        assert at(0.0) == [] and at(10.0) == []  # long past the debounce: still no manifest
         fh.write(data[10:])
     (b / "golden").mkdir()
     (b / "golden" / "0_in.npy").write_bytes(b"x" * 10)
-    settle()
-    assert got.paths == []  # no manifest yet
+    assert at(20.0) == [] and at(30.0) == []  # no manifest yet
     (b / "manifest.json").write_text(json.dumps(manifest_for("det", 1, data)))
-    assert got.wait_for(1) == [b]
-    settle()
-    assert got.paths == [b]  # once
+    assert at(40.0) == []  # complete, but not yet stable for the debounce
+    assert at(41.0) == [b]
+    assert at(50.0) == [] and at(60.0) == []  # reported once
+    assert got.paths == [b]
 
 
-def test_half_written_model_is_not_reported_until_complete(
-    watch: tuple[DropFolderWatcher, Collector], incoming: Path
-) -> None:
-    _, got = watch
+def test_half_written_model_is_not_reported_until_complete(incoming: Path) -> None:
+    got = Collector()
+    _, at = driven(incoming, got)
     data = tiny_onnx("b")
     b = incoming / "det-v2"
     b.mkdir()
     (b / "manifest.json").write_text(json.dumps(manifest_for("det", 2, data)))  # manifest first
     (b / "model.onnx").write_bytes(data[: len(data) // 2])
-    settle()
-    settle()
-    assert got.paths == []
+    assert at(0.0) == [] and at(10.0) == [] and at(20.0) == []
     with open(b / "model.onnx", "ab") as fh:
         fh.write(data[len(data) // 2 :])
-    assert got.wait_for(1) == [b]
+    assert at(30.0) == [] and at(31.0) == [b]
 
 
-def test_missing_golden_file_holds_the_bundle_back(
-    watch: tuple[DropFolderWatcher, Collector], incoming: Path
-) -> None:
-    _, got = watch
+def test_missing_golden_file_holds_the_bundle_back(incoming: Path) -> None:
+    got = Collector()
+    _, at = driven(incoming, got)
     data = tiny_onnx("g")
     golden = {"golden": [{"input": "golden/0_in.npy", "outputs": ["golden/0_out0.npy"]}]}
     b = make_bundle(incoming, "det", 3, data=data, manifest=manifest_for("det", 3, data, validation=golden))
-    settle()
-    assert got.paths == []
+    assert at(0.0) == [] and at(10.0) == []
     (b / "golden").mkdir()
     (b / "golden" / "0_in.npy").write_bytes(b"in")
     (b / "golden" / "0_out0.npy").write_bytes(b"out")
-    assert got.wait_for(1) == [b]
+    assert at(20.0) == [] and at(21.0) == [b]
+
+
+def test_a_candidate_the_manager_could_not_queue_is_offered_again(incoming: Path) -> None:
+    """A full disk under update-state.json: the candidate is not lost, the next rescan retries."""
+    from inference.errors import TransientError
+
+    offered: list[Path] = []
+
+    def on_candidate(path: Path) -> None:
+        offered.append(path)
+        if len(offered) == 1:
+            raise TransientError("cannot persist the update state: disk full (injected)")
+
+    w = DropFolderWatcher(incoming, on_candidate, debounce=DEBOUNCE, use_events=False)
+    b = make_bundle(incoming, "det", 5)
+    w.rescan_now()
+    w.tick(0.0)
+    w.rescan_now()
+    assert w.tick(1.0) == [b] and offered == [b]  # refused: not kept as reported
+    w.rescan_now()
+    w.tick(2.0)
+    w.rescan_now()
+    assert w.tick(3.0) == [b] and offered == [b, b]
+    w.rescan_now()
+    assert w.tick(10.0) == [] and offered == [b, b]  # accepted the second time: once
 
 
 def test_folder_moved_in_by_rename(watch: tuple[DropFolderWatcher, Collector], tmp_path: Path) -> None:
@@ -172,33 +199,31 @@ def test_polling_observer(incoming: Path) -> None:
         assert got.wait_for(1) == [b]
 
 
-def test_changed_bundle_is_reported_again(watch: tuple[DropFolderWatcher, Collector], incoming: Path) -> None:
-    _, got = watch
+def test_changed_bundle_is_reported_again(incoming: Path) -> None:
+    got = Collector()
+    _, at = driven(incoming, got)
     b = make_bundle(incoming, "det", 8)
-    assert got.wait_for(1) == [b]
-    settle()
-    assert len(got.paths) == 1
+    assert at(0.0) == [] and at(1.0) == [b]
+    assert at(10.0) == [] and at(20.0) == []  # unchanged: not again
     data = tiny_onnx("changed") + b"\x00" * 7
     (b / "model.onnx").write_bytes(data)
     (b / "manifest.json").write_text(json.dumps(manifest_for("det", 8, data)))
-    assert got.wait_for(2) == [b, b]
+    assert at(30.0) == [] and at(31.0) == [b]
+    assert got.paths == [b, b]
 
 
-def test_hidden_and_temp_files_are_ignored(
-    watch: tuple[DropFolderWatcher, Collector], incoming: Path
-) -> None:
-    _, got = watch
+def test_hidden_and_temp_files_are_ignored(incoming: Path) -> None:
+    got = Collector()
+    _, at = driven(incoming, got)
     data = tiny_onnx("h")
     (incoming / ".hidden.onnx").write_bytes(data)
     (incoming / "x.onnx.part").write_bytes(data)
     (incoming / "y.tmp").write_bytes(data)
     make_bundle(incoming, "det", 9, folder=".staging-bundle")
     (incoming / "notes.txt").write_text("hello")
-    settle()
-    settle()
-    assert got.paths == []
+    assert at(0.0) == [] and at(10.0) == [] and at(20.0) == []
     os.rename(incoming / "x.onnx.part", incoming / "x.onnx")  # the usual "rename when done"
-    assert got.wait_for(1) == [incoming / "x.onnx"]
+    assert at(30.0) == [] and at(31.0) == [incoming / "x.onnx"]
 
 
 def test_callback_errors_do_not_kill_the_watcher(incoming: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -299,7 +324,7 @@ def test_watcher_feeds_the_store(tmp_path: Path) -> None:
         data2 = tiny_onnx("w2")
         (good / "manifest.json").write_text(json.dumps(manifest_for("det", 2, data2)))
         (good / "model.onnx").write_bytes(data2[:20])
-        settle()
+        time.sleep(DEBOUNCE * 3)  # a pause mid-write: the half model must not be taken
         with open(good / "model.onnx", "ab") as fh:
             fh.write(data2[20:])
         assert done.wait(5)
