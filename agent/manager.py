@@ -440,9 +440,18 @@ class ModelManager:
         return job.job_id
 
     def submit(self, path: Path, origin: str = "drop-folder") -> str:
-        """Queue a candidate bundle (folder, .tar.gz or bare model file); returns the job id."""
-        job = UpdateJob(new_job_id(origin), "deploy", origin, time.time(), source=str(path))
-        return self._enqueue(job)
+        """Queue a candidate bundle (folder, .tar.gz or bare model file); returns the job id.
+
+        A path already queued or running (the watcher's first rescan after a restart offers
+        the drops of persisted jobs again) is that job, not a second one."""
+        with self._cond:
+            rec = self.machine.record
+            running = [rec.job] if rec.job is not None and rec.phase is not State.IDLE else []
+            for j in (*running, *rec.queue):
+                if j.action == "deploy" and j.source == str(path):
+                    return j.job_id
+            job = UpdateJob(new_job_id(origin), "deploy", origin, time.time(), source=str(path))
+            return self._enqueue(job)
 
     def on_candidate(self, path: Path) -> None:
         """The ``DropFolderWatcher`` callback."""

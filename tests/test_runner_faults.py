@@ -130,3 +130,16 @@ def test_pin_during_an_update_is_refused(classifier_bundle: Make, in_process_age
     assert agent.machine.pin is None
     agent.manager.pin(None)  # once it has ended, the pin names what serves
     assert agent.machine.pin is not None and agent.machine.pin.version == 2
+
+
+def test_the_same_drop_offered_twice_is_one_job(classifier_bundle: Make, in_process_agent: Start) -> None:
+    """After a restart the watcher offers the drops of persisted jobs again: one job, not two."""
+    agent = in_process_agent(
+        classifier_bundle(1), ManagerPolicy(probation_frames=10, isolate_validation=False)
+    )
+    path = classifier_bundle(2)
+    first = agent.manager.submit(path)
+    assert agent.manager.submit(path) == first  # queued or running: the same job
+    assert agent.manager.wait_idle(60)
+    assert [r["status"] for r in agent.history_rows()].count("QUEUED") == 1
+    assert agent.handle.current.version == 2
