@@ -30,6 +30,7 @@ from tests.fixtures.hot_swap import (
     slow_model,
 )
 from tests.fixtures.ota import FaultFs
+from tests.test_runner import STEPS_TO_PROBATION
 
 Start = Callable[..., Any]
 Make = Callable[..., Path]
@@ -87,15 +88,7 @@ def test_hot_swap_between_two_frames_then_commit(classifier_bundle: Make, in_pro
     assert agent.machine.state is State.IDLE
     assert agent.store.current().version == 2 and agent.store.previous().version == 1
     events = [(r["status"], r["step"]) for r in agent.history_rows()]
-    assert events == [
-        ("QUEUED", None),
-        ("IN_PROGRESS", "downloading"),
-        ("IN_PROGRESS", "verifying"),
-        ("IN_PROGRESS", "validating"),
-        ("IN_PROGRESS", "activating"),
-        ("IN_PROGRESS", "probation"),
-        ("SUCCEEDED", None),
-    ]
+    assert events == [*STEPS_TO_PROBATION, ("SUCCEEDED", None)]
     assert {r["job_id"] for r in agent.history_rows()} == {agent.machine.record.job_id}
     assert agent.machine.last_version("cls") == 2
     status = agent.manager.status()
