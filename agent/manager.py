@@ -33,6 +33,7 @@ with the name of each of its steps: the fault points the crash and swap tests in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -50,8 +51,8 @@ import numpy.typing as npt
 from agent.control import RequestError
 from agent.handle import ModelHandle
 from agent.source import Frame
-from agent.swapper import Swapper, is_loaded
-from inference.errors import BundleError, ConfigError, EdgeAgentError, TransientError
+from agent.swapper import Swapper, identity, is_loaded
+from inference.errors import BundleError, EdgeAgentError, TransientError
 from inference.model import LoadedModel, load_model
 from inference.result import Result
 from inference.runtime import RuntimeOptions
@@ -64,7 +65,6 @@ from ota.validation import ValidationPolicy, ValidationReport, validate, validat
 
 log = logging.getLogger(__name__)
 
-SWAP_POLICIES = ("availability", "memory")
 RECENT = 256  # results of the serving model kept for the probation baseline
 LIVE_FRAMES = 4  # recent frames handed to validation
 REJECTED_KEEP = 5  # refused drops kept in incoming/.rejected/ for a look
@@ -103,10 +103,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _identity(v: StoredVersion) -> tuple[str, int, str]:
-    return (v.name, v.version, v.sha256)
-
-
 class ModelManager:
     """See the module docstring. Construct, ``boot`` (before the pipeline), ``attach``, ``start``."""
 
@@ -129,8 +125,6 @@ class ModelManager:
         self.options = options or RuntimeOptions()
         self.runtime = runtime
         self.policy = policy or ManagerPolicy()
-        if self.policy.swap_policy not in SWAP_POLICIES:
-            raise ConfigError(f"swap policy {self.policy.swap_policy!r}: use one of {SWAP_POLICIES}")
         self.events = events or UpdateEvents()
         self.events.subscribe(log_event)
         self.clock = clock
@@ -267,8 +261,6 @@ class ModelManager:
         if not old.exists():
             return
         try:
-            import json
-
             data = json.loads(old.read_bytes())
             v = self.store.get(str(data["name"]), int(data["version"]), str(data["sha256"]))
         except (OSError, ValueError, KeyError, TypeError, EdgeAgentError) as err:
@@ -751,8 +743,12 @@ class ModelManager:
         p = p or self._probation
         if p is None or p.verdict is not None:
             return None
-        need_latency = p.figures.frames >= p.policy.min_frames
-        verdict = p.policy.decide(p.figures.snapshot(latency=need_latency), self.clock())
+        now = self.clock()
+        # the p95 (a sort, on the results thread) only once the evidence is complete
+        need_latency = (
+            p.figures.frames >= p.policy.min_frames and now - p.figures.started >= p.policy.min_seconds
+        )
+        verdict = p.policy.decide(p.figures.snapshot(latency=need_latency), now)
         if not verdict.final:
             return verdict
         if self.before_verdict is not None:
@@ -790,9 +786,9 @@ class ModelManager:
 
     def _finish_commit(self) -> None:
         self.swapper.release_standby()
-        protect = {ref for ref in (self.machine.pin,) if ref is not None}
+        pin = self.machine.pin
         try:
-            self.store.gc(protect={(r.name, r.version, r.sha256) for r in protect})
+            self.store.gc(protect={identity(pin)} if pin is not None else frozenset())
         except EdgeAgentError as err:
             log.warning("gc after commit: %s", err)
         self._advance(Event.FINISHED)
@@ -812,7 +808,7 @@ class ModelManager:
                 if dest is None:
                     raise BundleError(f"the version to roll back to ({ref}) is not in the store")
                 if self.swapper.handle is not None:  # at boot the pipeline loads ``current`` itself
-                    self.swapper.serve(dest.path, _identity(dest))
+                    self.swapper.serve(dest.path, identity(dest))
                 self._point_current_to(dest)  # after the swap: pointers name what serves
             except EdgeAgentError as err:
                 self._advance(Event.ERROR, reason=f"{reason}; rollback failed: {err}")
@@ -925,8 +921,7 @@ def store_models(store: ModelStore, pin: VersionRef | None) -> list[dict[str, An
             "path": str(v.path),
             "current": v == cur,
             "previous": v == prev,
-            "pinned": pin is not None
-            and (v.name, v.version, v.sha256) == (pin.name, pin.version, pin.sha256),
+            "pinned": pin is not None and identity(v) == identity(pin),
         }
         for v in store.versions()
     ]

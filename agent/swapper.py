@@ -35,19 +35,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.config import SWAP_POLICIES
 from agent.handle import ModelHandle
-from inference.errors import EdgeAgentError, FatalError
+from inference.errors import ConfigError, EdgeAgentError, FatalError
 from inference.model import LoadedModel
 from inference.result import Result
 
 log = logging.getLogger(__name__)
 
-SWAP_POLICIES = ("availability", "memory")
 Loader = Callable[[Path], LoadedModel]
 Image = npt.NDArray[np.uint8]
 
@@ -101,7 +101,7 @@ class Swapper:
         faults: Callable[[str], None] = lambda step: None,
     ) -> None:
         if policy not in SWAP_POLICIES:
-            raise ValueError(f"swap policy {policy!r}: use one of {SWAP_POLICIES}")
+            raise ConfigError(f"swap policy {policy!r}: use one of {', '.join(SWAP_POLICIES)}")
         self.loader = loader
         self.policy = policy
         self.warmup_runs = warmup_runs
@@ -166,16 +166,16 @@ class Swapper:
             self.retire(rejected)
             return rejected
 
-    def serve(self, path: Path, identity: tuple[str, int, str]) -> None:
-        """Make the handle serve the version ``identity`` (name, version, sha256) at ``path``:
+    def serve(self, path: Path, wanted: tuple[str, int, str]) -> None:
+        """Make the handle serve the version ``wanted`` (name, version, sha256) at ``path``:
         already serving and loaded, the standby, or loaded now. Raises ``SwapError``."""
         with self._lock:
             cur = self.serving
-            if _identity(cur) == identity and is_loaded(cur):
+            if identity(cur) == wanted and is_loaded(cur):
                 self.release_standby()
                 return
             standby = self.standby
-            if standby is not None and _identity(standby) == identity and is_loaded(standby):
+            if standby is not None and identity(standby) == wanted and is_loaded(standby):
                 self.standby = None
                 self.retire(self._swap(standby))
                 return
@@ -350,8 +350,20 @@ def _describe(err: BaseException) -> str:
     return str(err) if isinstance(err, EdgeAgentError) else f"{type(err).__name__}: {err}"
 
 
-def _identity(model: LoadedModel) -> tuple[str, int, str]:
-    return (model.name, model.version, model.sha256)
+class Versioned(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 
-__all__ = ["SWAP_POLICIES", "NoModel", "SwapError", "Swapper", "is_loaded"]
+def identity(v: Versioned) -> tuple[str, int, str]:
+    """(name, version, sha256): what makes a loaded model, a stored version or a reference the same."""
+    return (v.name, v.version, v.sha256)
+
+
+__all__ = ["NoModel", "SwapError", "Swapper", "identity", "is_loaded"]

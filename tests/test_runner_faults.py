@@ -143,3 +143,39 @@ def test_the_same_drop_offered_twice_is_one_job(classifier_bundle: Make, in_proc
     assert agent.manager.wait_idle(60)
     assert [r["status"] for r in agent.history_rows()].count("QUEUED") == 1
     assert agent.handle.current.version == 2
+
+
+def test_a_verdict_never_waits_for_the_job_lock(classifier_bundle: Make, in_process_agent: Start) -> None:
+    """The results thread records a failed verdict and swaps back while another thread holds
+    the manager's job lock (as a memory-policy swap does while it waits for the inference
+    thread): verdicts have their own short lock, so neither can wait for the other."""
+    holding, release, reverted = threading.Event(), threading.Event(), threading.Event()
+    holder: dict[str, Any] = {}
+
+    def hold_job_lock() -> None:
+        with holder["agent"].manager._lock:
+            holding.set()
+            release.wait(30)
+
+    def faults(point: str) -> None:
+        if point == "after:PROBATION":
+            threading.Thread(target=hold_job_lock, daemon=True).start()
+            assert holding.wait(10)
+
+    agent = in_process_agent(
+        classifier_bundle(1), ManagerPolicy(probation_frames=20, isolate_validation=False), faults=faults
+    )
+    holder["agent"] = agent
+    assert agent.sink.wait_frames(60)
+    agent.manager.submit(classifier_bundle(2, strength=0.0))  # collapses: a failed verdict
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not reverted.is_set():
+            if agent.manager.last_decision_at is not None and agent.handle.current.version == 1:
+                reverted.set()
+            time.sleep(0.01)
+        assert reverted.is_set(), "the verdict waited for the job lock"
+    finally:
+        release.set()
+    assert agent.manager.wait_idle(60)
+    assert agent.machine.record.outcome is not None and agent.machine.record.outcome.value == "rolled_back"
