@@ -11,6 +11,8 @@ before anyone is told it was accepted, and run by the ``ModelManager`` through t
     source    the candidate's path (a drop) or, for MQTT, the manifest URL
     version   the stored version an ``activate`` names
     force     a manual override of the pin / downgrade / release-counter rules (logged)
+    manifest_sha256   a remote deploy: the sha256 of the manifest at ``source`` (signed job)
+    release_counter   a remote deploy: the manifest's release counter the job announced
 """
 
 from __future__ import annotations
@@ -92,6 +94,13 @@ class UpdateJob:
     source: str | None = None
     version: VersionRef | None = None
     force: bool = False
+    manifest_sha256: str | None = None
+    release_counter: int | None = None
+
+    @property
+    def remote(self) -> bool:
+        """A deploy whose bundle is downloaded from ``source`` (a URL), not read from a path."""
+        return self.action == "deploy" and self.manifest_sha256 is not None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -120,6 +129,8 @@ class UpdateJob:
             "source": self.source,
             "version": None if self.version is None else self.version.to_json(),
             "force": self.force,
+            "manifest_sha256": self.manifest_sha256,
+            "release_counter": self.release_counter,
         }
 
     @classmethod
@@ -140,6 +151,10 @@ class UpdateJob:
         force = data.get("force", False)
         if not isinstance(force, bool):
             raise ValueError(f"job.force: expected true or false, got {force!r}")
+        msha = data.get("manifest_sha256")
+        if msha is not None and not (isinstance(msha, str) and re.fullmatch(r"[0-9a-f]{64}", msha)):
+            raise ValueError(f"job.manifest_sha256: expected 64 hex digits or null, got {msha!r}")
+        rc = data.get("release_counter")
         return cls(
             job_id=str(job_id),
             action=str(action),
@@ -148,6 +163,8 @@ class UpdateJob:
             source=source,
             version=VersionRef.from_json(data.get("version")),
             force=force,
+            manifest_sha256=msha,
+            release_counter=None if rc is None else as_int(rc, "job.release_counter"),
         )
 
 

@@ -36,6 +36,8 @@ any point therefore leaves the state whose step may have been interrupted, and
 persisted phase                           action
 ========================================  ================================================
 IDLE                                      NOTHING
+FETCHING of a download                    RESUME_FETCH: run the job again from FETCHING; the
+                                          download resumes from the bytes in staging/<job>/
 FETCHING, VERIFYING, STAGED, VALIDATING   DISCARD_STAGING, then ERROR -> FAILED
                                           (no_state_change) -> RESET -> IDLE
 ACTIVATING                                RESUME_ACTIVATION (redo the idempotent swap, then
@@ -114,6 +116,7 @@ class Action(str, enum.Enum):
 
     NOTHING = "NOTHING"
     DISCARD_STAGING = "DISCARD_STAGING"
+    RESUME_FETCH = "RESUME_FETCH"
     RESUME_ACTIVATION = "RESUME_ACTIVATION"
     RESUME_PROBATION = "RESUME_PROBATION"
     ROLL_BACK = "ROLL_BACK"
@@ -200,12 +203,14 @@ class Counters:
     last_version: Mapping[str, int] = field(default_factory=dict)  # per model name, committed
     max_release_counter: int = 0
     boots: int = 0
+    last_trusted_time: float = 0.0  # the latest issued_at of a verified job (devices without an RTC)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "last_version": dict(sorted(self.last_version.items())),
             "max_release_counter": self.max_release_counter,
             "boots": self.boots,
+            "last_trusted_time": self.last_trusted_time,
         }
 
     @classmethod
@@ -219,7 +224,14 @@ class Counters:
             last_version={str(k): as_int(v, f"last_version.{k}") for k, v in lv.items()},
             max_release_counter=as_int(data.get("max_release_counter", 0), "max_release_counter"),
             boots=as_int(data.get("boots", 0), "boots"),
+            last_trusted_time=_as_time(data.get("last_trusted_time", 0.0), "last_trusted_time"),
         )
+
+
+def _as_time(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -274,6 +286,7 @@ class UpdateRecord:
     pin: VersionRef | None = None  # never replaced automatically while set
     baseline: Baseline = field(default_factory=Baseline)  # the previous version's figures (probation)
     verdict: str | None = None  # a failed probation verdict, on disk before the worker's rollback
+    hold: bool = False  # installs paused on the device (`edge-agent updates hold`): jobs wait QUEUED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -295,6 +308,7 @@ class UpdateRecord:
             "pin": None if self.pin is None else self.pin.to_json(),
             "baseline": self.baseline.to_json(),
             "verdict": self.verdict,
+            "hold": self.hold,
         }
 
     @classmethod
@@ -314,6 +328,9 @@ class UpdateRecord:
             queue = data.get("queue", [])
             if not isinstance(queue, list):
                 raise ValueError("queue: expected a list")
+            hold = data.get("hold", False)
+            if not isinstance(hold, bool):
+                raise ValueError("hold: expected true or false")
             seen = data.get("seen", [])
             if not isinstance(seen, list) or not all(isinstance(s, str) for s in seen):
                 raise ValueError("seen: expected a list of job ids")
@@ -336,6 +353,7 @@ class UpdateRecord:
                 pin=VersionRef.from_json(data.get("pin")),
                 baseline=Baseline.from_json(data.get("baseline")),
                 verdict=None if data.get("verdict") is None else str(data.get("verdict")),
+                hold=hold,
             )
         except KeyError as exc:
             raise ValueError(f"missing field {exc.args[0]!r}") from None
@@ -368,6 +386,8 @@ def resume_action(record: UpdateRecord, *, max_attempts: int = 3, max_resumes: i
         return Action.NOTHING
     if record.resumes > max_resumes:
         return Action.ABANDON
+    if phase is S.FETCHING and record.job is not None and record.job.remote:
+        return Action.RESUME_FETCH  # the download goes on from the bytes in staging/<job>/
     if phase in PRE_ACTIVATION:
         return Action.DISCARD_STAGING
     if phase in (S.ACTIVATING, S.PROBATION):
@@ -468,14 +488,51 @@ class UpdateMachine:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def enqueue(self, job: UpdateJob) -> bool:
-        """Persist ``job`` as queued; False (nothing written) when its id was seen already."""
+    def enqueue(
+        self, job: UpdateJob, *, marks: tuple[str, ...] = (), trusted_time: float | None = None
+    ) -> bool:
+        """Persist ``job`` as queued; False (nothing written) when its id or a mark was seen.
+
+        ``marks`` (e.g. ``nonce:<n>`` of a signed job) join the seen ids in the same write;
+        ``trusted_time`` (a verified job's ``issued_at``) raises the last trusted time."""
         with self._lock:
-            if self.has_seen(job.job_id):
+            if self.has_seen(job.job_id) or any(m in self._record.seen for m in marks):
                 return False
             rec = self._record
-            self._persist(replace(rec, queue=(*rec.queue, job), updated_at=self.clock()))
+            counters = rec.counters
+            if trusted_time is not None and trusted_time > counters.last_trusted_time:
+                counters = replace(counters, last_trusted_time=float(trusted_time))
+            self._persist(
+                replace(
+                    rec,
+                    queue=(*rec.queue, job),
+                    seen=(*rec.seen, *marks)[-SEEN_KEEP:] if marks else rec.seen,
+                    counters=counters,
+                    updated_at=self.clock(),
+                )
+            )
             return True
+
+    def mark_seen(self, marks: tuple[str, ...], *, trusted_time: float | None = None) -> bool:
+        """Remember ids of a verified request that is not queued (an immediate pin); False
+        (nothing written) when one of them was seen already."""
+        with self._lock:
+            rec = self._record
+            if any(self.has_seen(m) for m in marks):
+                return False
+            counters = rec.counters
+            if trusted_time is not None and trusted_time > counters.last_trusted_time:
+                counters = replace(counters, last_trusted_time=float(trusted_time))
+            self._persist(
+                replace(
+                    rec, seen=(*rec.seen, *marks)[-SEEN_KEEP:], counters=counters, updated_at=self.clock()
+                )
+            )
+            return True
+
+    def set_hold(self, hold: bool) -> None:
+        with self._lock:
+            self._persist(replace(self._record, hold=hold, updated_at=self.clock()))
 
     def drop_queued(self, job_id: str) -> UpdateJob | None:
         """Remove a queued job that will not run (refused before it started); returns it."""
