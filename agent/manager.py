@@ -5,10 +5,13 @@ Every request for a version becomes a persisted ``UpdateJob`` (ota/update_job.py
 through the persisted ``UpdateMachine`` (every transition is on disk before its step runs)
 and emits one ``UpdateEvents`` event per step and outcome.
 
-    deploy (drop folder; MQTT next)
-      FETCHING    the job is accepted (a local path needs no download)
-      VERIFYING   ModelStore.import_bundle: copy into staging, sha256/size/manifest, rename
-                  into models/; then the rules: pin, downgrade, release counter, already serving
+    deploy (drop folder, control API, MQTT)
+      FETCHING    a local path needs nothing; a remote job's bundle is downloaded into
+                  ``staging/<job>/`` by the ``fetcher`` (ota/remote_bundle.py: manifest sha256,
+                  signature, compat, resumable model download), resumed after a restart
+      VERIFYING   ModelStore.import_bundle: copy into staging, sha256/size/manifest (and the
+                  manifest signature, ``bundle_check``), rename into models/; then the rules:
+                  pin, downgrade, release counter, already serving
       STAGED      the version is in the store      (an ``activate`` job starts here, same rules)
       VALIDATING  the validation gate, in a child process with a timeout, on the bundle's
                   golden pairs and recent live frames
@@ -17,6 +20,9 @@ and emits one ``UpdateEvents`` event per step and outcome.
       PROBATION   ``ProbationPolicy`` (ota/probation.py) judges the live figures
       COMMITTED   SUCCEEDED; the standby is unloaded, gc
     rollback      ROLLING_BACK to what served before the job, FAILED (rolled_back)
+
+Deploy jobs wait ``QUEUED`` while installs are on hold (``set_hold``, persisted) or outside
+the update ``window``; rollbacks and explicit activations are not held back.
 
 Decisions about what serves are ordered in this one place, whoever asks: jobs, manual
 rollbacks and activations under ``_lock``; the probation verdict (results thread, worker's
@@ -42,6 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +63,13 @@ from inference.errors import BundleError, EdgeAgentError, TransientError
 from inference.model import LoadedModel, load_model
 from inference.result import Result
 from inference.runtime import RuntimeOptions
+from ota.errors import Rejected
 from ota.probation import Baseline, Decision, ProbationFigures, ProbationPolicy, Verdict, fail
 from ota.store import ModelStore, StoredVersion
 from ota.update_events import JobEvent, JobStatus, UpdateEvents, log_event, status_for
 from ota.update_job import UpdateJob, VersionRef, new_job_id
 from ota.update_machine import Action, Event, State, UpdateMachine, abandon_event, resume_action
+from ota.update_window import UpdateWindow
 from ota.validation import ValidationPolicy, ValidationReport, validate, validate_isolated
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,11 @@ RECENT = 256  # results of the serving model kept for the probation baseline
 LIVE_FRAMES = 4  # recent frames handed to validation
 REJECTED_KEEP = 5  # refused drops kept in incoming/.rejected/ for a look
 TICK_S = 0.2  # the worker re-judges probation this often without frames (the deadline)
+WINDOW_POLL_S = 60.0  # a held-back job is looked at again at least this often
+
+#: ``fetcher(job, dest, wait) -> bundle folder``: brings a remote job's bundle into ``dest``;
+#: ``wait(seconds)`` sleeps and returns True when the manager is stopping.
+Fetcher = Callable[[UpdateJob, Path, Callable[[float], bool]], Path]
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,10 @@ class ModelManager:
         loader: Callable[..., LoadedModel] = load_model,
         faults: Callable[[str], None] = lambda point: None,
         before_verdict: Callable[[Verdict], None] | None = None,
+        fetcher: Fetcher | None = None,
+        bundle_check: Callable[[Path], None] | None = None,
+        window: UpdateWindow | None = None,
+        local_now: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.store = store
         self.machine = machine
@@ -131,6 +149,11 @@ class ModelManager:
         self.loader = loader
         self.faults = faults
         self.before_verdict = before_verdict
+        self.fetcher = fetcher
+        self.bundle_check = bundle_check
+        self.window = window
+        self.local_now = local_now
+        self._resume_job: UpdateJob | None = None  # a download interrupted by a restart
         self._recent_conf: deque[float] = deque(maxlen=RECENT)
         self._recent_det: deque[int] = deque(maxlen=RECENT)
         self._recent_frames: deque[npt.NDArray[np.uint8]] = deque(maxlen=LIVE_FRAMES)
@@ -185,6 +208,8 @@ class ModelManager:
             "force": rec.job.force if rec.job else False,
         }
         said = status_for(after, rec.outcome, rejected=rejected)
+        if said == (JobStatus.FAILED, "rolled_back") and rec.job is not None and rec.job.action == "rollback":
+            said = (JobStatus.SUCCEEDED, None)  # a rollback job that rolled back did what it was asked
         if said is not None:
             status, what = said
             self._emit(
@@ -223,8 +248,12 @@ class ModelManager:
             )
         )
 
-    def _fail(self, reason: str, *, rejected: bool = False) -> None:
-        """ERROR from the current state, then report and RESET when it ends in FAILED."""
+    def _fail(self, reason: str, *, rejected: bool = False, code: str | None = None) -> None:
+        """ERROR from the current state, then report and RESET when it ends in FAILED.
+
+        A rejection's reason starts with its code (``downgrade: ...``), as statuses carry it."""
+        if rejected:
+            reason = f"{code or 'malformed'}: {reason}"
         state = self._advance(Event.ERROR, reason=reason, rejected=rejected)
         if state is State.ROLLING_BACK:
             self._finish_rollback(reason)
@@ -293,6 +322,11 @@ class ModelManager:
             if action is Action.NOTHING:
                 return
             phase = self.machine.state
+            if action is Action.RESUME_FETCH:
+                job = self.machine.record.job
+                assert job is not None
+                self._resume_job = job  # the worker runs it on from FETCHING
+                return
             if action is Action.DISCARD_STAGING:
                 self.store.discard_staging()
                 self._fail(f"interrupted in {phase.value} by a restart")
@@ -359,12 +393,38 @@ class ModelManager:
             while not self._stopping.is_set():
                 if self._resume_probation:
                     return None
-                queue = self.machine.queue
-                if queue and self.machine.state is State.IDLE:
-                    self._running = queue[0].job_id
-                    return queue[0]
-                self._cond.wait()
+                if self._resume_job is not None:
+                    self._running = self._resume_job.job_id
+                    return self._resume_job
+                wait: float | None = None
+                if self.machine.state is State.IDLE:
+                    job, wait = self._runnable()
+                    if job is not None:
+                        self._running = job.job_id
+                        return job
+                self._cond.wait(wait)
             return None
+
+    def held(self) -> str | None:
+        """Why deploy jobs wait now (a hold, or outside the update window), or None."""
+        if self.machine.record.hold:
+            return "installs are on hold (`edge-agent updates release` resumes them)"
+        if self.window is not None and not self.window.contains(self.local_now()):
+            return f"outside the update window {self.window}"
+        return None
+
+    def _runnable(self) -> tuple[UpdateJob | None, float | None]:
+        """The first queued job that may run now, else how long to wait before looking again."""
+        queue = self.machine.queue
+        held = self.held() if any(j.action == "deploy" for j in queue) else None
+        for job in queue:
+            if job.action != "deploy" or held is None:
+                return job, None
+        if not queue:
+            return None, None
+        if self.machine.record.hold or self.window is None:
+            return None, WINDOW_POLL_S
+        return None, max(0.05, min(WINDOW_POLL_S, self.window.seconds_until_open(self.local_now())))
 
     def _work(self) -> None:
         backoff = 0.0
@@ -377,6 +437,9 @@ class ModelManager:
                 if job is None:  # boot found a job in ACTIVATING/PROBATION
                     self._resume_probation = False
                     self._probation_step(resumed=True)
+                elif job is self._resume_job:  # boot found a download in FETCHING
+                    self._resume_job = None
+                    self._run_job(job, resumed=True)
                 else:
                     self._run_job(job)
                 ok = True
@@ -408,6 +471,7 @@ class ModelManager:
             and not self.machine.queue
             and self.machine.state is State.IDLE
             and not self._resume_probation
+            and self._resume_job is None
         )
 
     def wait_idle(self, timeout: float) -> bool:
@@ -430,6 +494,25 @@ class ModelManager:
             self._emit(JobStatus.QUEUED, job=job, reason=job.describe())
             self._cond.notify_all()
         return job.job_id
+
+    def submit_job(
+        self, job: UpdateJob, *, marks: tuple[str, ...] = (), trusted_time: float | None = None
+    ) -> str:
+        """Queue a job made elsewhere (a verified MQTT job): persisted with its ``marks``
+        (the nonce) before QUEUED is reported; ``RequestError`` 409 for a replay."""
+        with self._cond:
+            if not self.machine.enqueue(job, marks=marks, trusted_time=trusted_time):
+                raise RequestError(f"job {job.job_id} was seen already (replay)", 409)
+            self._emit(JobStatus.QUEUED, job=job, reason=self.held() if job.action == "deploy" else None)
+            self._cond.notify_all()
+        return job.job_id
+
+    def set_hold(self, hold: bool) -> dict[str, Any]:
+        """Pause (or resume) installs; queued deploy jobs wait, verified and persisted."""
+        with self._cond:
+            self.machine.set_hold(hold)
+            self._cond.notify_all()
+        return {"message": "installs on hold" if hold else "installs released", "hold": hold}
 
     def submit(self, path: Path, origin: str = "drop-folder") -> str:
         """Queue a candidate bundle (folder, .tar.gz or bare model file); returns the job id.
@@ -460,7 +543,7 @@ class ModelManager:
         stored = candidates[-1]
         refusal = self._refusal(stored, force=force)
         if refusal:
-            raise RequestError(refusal, 409)
+            raise RequestError(refusal[1], 409)
         if force:
             log.warning(
                 "forced activation of %s (the pin, downgrade and release-counter rules skipped)", stored
@@ -471,11 +554,24 @@ class ModelManager:
         self._enqueue(job)
         return {"message": f"activating {stored} (job {job.job_id})", "job_id": job.job_id}
 
-    def rollback(self, force: bool = False) -> dict[str, Any]:
+    def rollback(
+        self, force: bool = False, *, job_id: str | None = None, origin: str = "control"
+    ) -> dict[str, Any]:
         """Back to the previous version: at once for a version on probation, else as a job."""
         with self._lock:
             p = self._probation
-            if p is not None and p.verdict is None and self._conclude(p, fail("manual rollback requested")):
+            if (
+                p is not None
+                and p.verdict is None
+                and self._conclude(
+                    p,
+                    fail(
+                        "manual rollback requested"
+                        if origin == "control"
+                        else f"rollback requested ({origin})"
+                    ),
+                )
+            ):
                 return {"message": f"rolling back {p.candidate.name} v{p.candidate.version} (on probation)"}
             cur, prev = self.store.current(), self.store.previous()
             pending = p is not None and p.verdict is not None and p.verdict.decision is Decision.PASS
@@ -488,7 +584,7 @@ class ModelManager:
                     "or use --force",
                     409,
                 )
-            job = UpdateJob(new_job_id("rollback"), "rollback", "control", time.time(), force=force)
+            job = UpdateJob(job_id or new_job_id("rollback"), "rollback", origin, time.time(), force=force)
             self._enqueue(job)
         return {"message": f"rolling back (job {job.job_id})", "job_id": job.job_id}
 
@@ -522,21 +618,21 @@ class ModelManager:
 
     # ------------------------------------------------------------------ jobs
 
-    def _reject_queued(self, job: UpdateJob, reason: str) -> None:
+    def _reject_queued(self, job: UpdateJob, code: str, reason: str) -> None:
         """A queued job refused before it started: nothing changed."""
         self.machine.drop_queued(job.job_id)
-        self._emit(JobStatus.REJECTED, job=job, reason=reason)
+        self._emit(JobStatus.REJECTED, job=job, reason=f"{code}: {reason}")
 
-    def _run_job(self, job: UpdateJob) -> None:
+    def _run_job(self, job: UpdateJob, *, resumed: bool = False) -> None:
         if job.action == "rollback":
             with self._lock:
                 cur, prev = self.store.current(), self.store.previous()
                 pin = self.machine.pin
                 if pin is not None and not job.force:
-                    self._reject_queued(job, f"{pin.name} v{pin.version} is pinned")
+                    self._reject_queued(job, "pinned", f"{pin.name} v{pin.version} is pinned")
                     return
                 if prev is None or prev == cur:
-                    self._reject_queued(job, "no previous version to roll back to")
+                    self._reject_queued(job, "not_applicable", "no previous version to roll back to")
                     return
                 # "previous" is always where a rollback goes; "target" is what it leaves
                 self._advance(
@@ -551,10 +647,14 @@ class ModelManager:
             return
         if job.action == "activate":
             stored = self._stored(job.version)
-            refusal = "the version is not in the store any more" if stored is None else None
-            refusal = refusal or self._refusal(stored, force=job.force)  # type: ignore[arg-type]
+            refusal = (
+                ("not_applicable", "the version is not in the store any more")
+                if stored is None
+                else self._refusal(stored, force=job.force)
+            )
             if refusal or stored is None:
-                self._reject_queued(job, refusal or "not in the store")
+                code, why = refusal or ("not_applicable", "not in the store")
+                self._reject_queued(job, code, why)
                 return
             self._advance(
                 Event.SELECT,
@@ -565,29 +665,13 @@ class ModelManager:
                 reason="explicit activation" + (" (forced)" if job.force else ""),
             )
         else:
-            assert job.source is not None
-            path = Path(job.source)
-            self._advance(
-                Event.START,
-                job_id=job.job_id,
-                job=job,
-                previous=self._current_ref(),
-                reason=f"{job.origin}: {path.name}",
-            )
-            self._advance(Event.FETCHED)
-            try:
-                stored = self.store.import_bundle(path, job.job_id)
-            except TransientError as err:  # the bundle may be fine: leave it where it is
-                self._fail(f"could not import {path.name} ({err}); the bundle is left in place")
+            got = self._fetch_and_import(job, resumed=resumed)
+            if got is None:
                 return
-            except EdgeAgentError as err:
-                self._dispose(path, rejected=True)
-                self._fail(f"rejected {path.name}: {err}", rejected=True)
-                return
-            self._dispose(path, rejected=False)
+            stored = got
             refusal = self._refusal(stored, force=job.force)
             if refusal:
-                self._fail(refusal, rejected=True)
+                self._fail(refusal[1], rejected=True, code=refusal[0])
                 return
             self._advance(Event.VERIFIED, target=stored.to_ref())
         self._advance(Event.STORED)
@@ -606,6 +690,67 @@ class ModelManager:
             return
         self._advance(Event.ACTIVATED)
         self._probation_step(resumed=False)
+
+    def _fetch_and_import(self, job: UpdateJob, *, resumed: bool) -> StoredVersion | None:
+        """FETCHING and VERIFYING of a deploy: the bundle in the store, or None (reported)."""
+        assert job.source is not None
+        if not resumed:
+            self._advance(
+                Event.START,
+                job_id=job.job_id,
+                job=job,
+                previous=self._current_ref(),
+                reason=f"{job.origin}: {job.source if job.remote else Path(job.source).name}",
+            )
+        if job.remote:
+            if self.fetcher is None:
+                self._fail(
+                    "this agent has no downloader for remote bundles",
+                    rejected=True,
+                    code="unsupported_action",
+                )
+                return None
+            staging = self.store.staging_dir / job.job_id
+            try:
+                path = self.fetcher(job, staging, self._stopping.wait)
+            except Rejected as err:
+                self.store.discard_staging(job.job_id)
+                self._fail(str(err), rejected=True, code=err.reason)
+                return None
+            except TransientError as err:
+                if self._stopping.is_set():  # FETCHING stays on disk: the next start resumes
+                    log.info("job %s: download paused by the stop; it resumes at the next start", job.job_id)
+                    return None
+                self.store.discard_staging(job.job_id)
+                self._fail(f"download failed: {err}")
+                return None
+            except EdgeAgentError as err:  # a 4xx, other bytes than declared, a bad manifest
+                self.store.discard_staging(job.job_id)
+                self._fail(f"download failed: {err}")
+                return None
+            import_id = f"{job.job_id}.import"
+        else:
+            path = Path(job.source)
+            import_id = job.job_id
+        self._advance(Event.FETCHED)
+        try:
+            stored = self.store.import_bundle(path, import_id, check=self.bundle_check)
+        except TransientError as err:  # the bundle may be fine: leave it where it is
+            self._fail(f"could not import {path.name} ({err}); the bundle is left in place")
+            return None
+        except EdgeAgentError as err:
+            if job.remote:
+                self.store.discard_staging(job.job_id)
+            else:
+                self._dispose(path, rejected=True)
+            code = err.reason if isinstance(err, Rejected) else "malformed"
+            self._fail(f"rejected {path.name}: {err}", rejected=True, code=code)
+            return None
+        if job.remote:
+            self.store.discard_staging(job.job_id)
+        else:
+            self._dispose(path, rejected=False)
+        return stored
 
     def _current_ref(self) -> VersionRef | None:
         cur = self.store.current()
@@ -631,16 +776,16 @@ class ModelManager:
         except OSError as err:
             log.warning("could not clear %s from %s: %s", path.name, incoming, err)
 
-    def _refusal(self, stored: StoredVersion, *, force: bool) -> str | None:
-        """Why the rules refuse ``stored`` (pin, already serving, downgrade, release counter)."""
+    def _refusal(self, stored: StoredVersion, *, force: bool) -> tuple[str, str] | None:
+        """(code, why) the rules refuse ``stored`` (pin, already serving, downgrade, release counter)."""
         cur = self.store.current()
         if cur is not None and cur == stored:
-            return f"{stored} is already serving"
+            return "not_applicable", f"{stored} is already serving"
         if force:
             return None
         pin = self.machine.pin
         if pin is not None:
-            return (
+            return "pinned", (
                 f"{pin.name} v{pin.version} is pinned: unpin it (`edge-agent models unpin`) to let "
                 f"{stored} replace it, or use --force"
             )
@@ -648,13 +793,13 @@ class ModelManager:
             last = max(cur.version, self.machine.last_version(stored.name) or 0)
             same_as_serving = stored.version == cur.version and stored.sha256 != cur.sha256
             if stored.version < last or same_as_serving:
-                return (
+                return "downgrade", (
                     f"downgrade refused: {stored} is not newer than v{last}; use "
                     f"`edge-agent models activate {stored.version} --force` or run with --allow-downgrade"
                 )
         rc = stored.release_counter
         if rc is not None and rc < self.machine.max_release_counter:
-            return (
+            return "downgrade", (
                 f"release counter {rc} is lower than {self.machine.max_release_counter} (replay or "
                 "downgrade); use --force to install it anyway"
             )
@@ -903,6 +1048,9 @@ class ModelManager:
                 "verdict": p.verdict.decision.value if p.verdict else None,
             },
             "no_model": self.swapper.broken,
+            "hold": rec.hold,
+            "window": None if self.window is None else str(self.window),
+            "held": self.held(),
             "results_after_verdict": self.results_after_verdict,
         }
 

@@ -201,8 +201,13 @@ class ModelStore:
 
     # -- import ------------------------------------------------------------------------------
 
-    def import_bundle(self, src: Path, job_id: str) -> StoredVersion:
+    def import_bundle(
+        self, src: Path, job_id: str, check: Callable[[Path], None] | None = None
+    ) -> StoredVersion:
         """Copy ``src`` (bundle folder, .tar.gz, or bare .onnx/.tflite) into the store, verified.
+
+        ``check`` is called with the staged bundle folder once its files are verified and
+        before it becomes visible (the manifest signature); what it raises aborts the import.
 
         Idempotent: a version already stored with the same sha256 is returned as is. Raises
         ``BundleError``/``VerificationError`` for a bad bundle, ``TransientError`` for a full
@@ -220,6 +225,8 @@ class ModelStore:
                 stage.mkdir(parents=True)
                 bundle_dir = self._stage(src, stage)
                 bundle = open_bundle(bundle_dir, verify=True)
+                if check is not None:
+                    check(bundle_dir)
                 m = bundle.manifest
                 name = check_name(m.name, f"model name in {src}")
                 version = m.version
