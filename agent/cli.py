@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, cli_bench, cli_control, cli_models
+from agent import __version__, cli_bench, cli_control, cli_models, cli_trust
 from agent.config import LOG_LEVELS, RUNTIMES, SWAP_POLICIES, Config, apply_overrides, load_config
 from inference.errors import ConfigError, EdgeAgentError
 
@@ -72,6 +72,12 @@ RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
         "--allow-downgrade",
         {"action": "store_const", "const": True, "help": "let the drop folder install a lower version"},
     ),
+    (
+        "--mqtt",
+        {"metavar": "URL", "help": "fleet broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] ([mqtt] url)"},
+    ),
+    ("--device-id", {"metavar": "ID", "help": "this device's id on the fleet broker (default: host name)"}),
+    ("--group", {"metavar": "G", "help": "the fleet group this device belongs to (group jobs)"}),
 )
 
 
@@ -132,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH")
     check.set_defaults(func=cmd_config_check)
 
-    for module in (cli_models, cli_control, cli_bench):
+    for module in (cli_models, cli_control, cli_bench, cli_trust):
         module.register(sub)
     return parser
 

@@ -4,6 +4,7 @@
                              [--labels FILE] [--input-spec JSON|key=val,...] [--golden-from SOURCE]
                              [--task T] --out DIR
     edge-agent bundle check DIR
+    edge-agent bundle sign DIR --key KEY | verify DIR (--pubkey PUB | --trust-dir DIR)  (agent/cli_trust.py)
     edge-agent models fetch [NAMES...] [--data-dir DIR]
 
 ``--input-spec`` takes a JSON object or ``key=value`` pairs separated by commas, values in
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.cli_trust import add_bundle_commands
 from inference.errors import BundleError, ConfigError, EdgeAgentError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -264,6 +266,7 @@ def register(subparsers: SubParsers) -> None:
     p = bsub.add_parser("check", help="verify a bundle: manifest, sha256, load, golden pairs")
     p.add_argument("dir", metavar="DIR", help="bundle folder or bare model file")
     p.set_defaults(func=cmd_bundle_check)
+    add_bundle_commands(bsub)  # bundle sign, bundle verify
 
     msub = models_group(subparsers)
     p = msub.add_parser(

@@ -22,6 +22,19 @@ Example::
     [probation]
     frames = 300
     seconds = 60
+
+    [mqtt]                         # the fleet channel (docs/protocol.md)
+    url = "mqtts://broker.example:8883"
+    device_id = "cam-17"           # default: the host name
+    group = "store-42"
+    ca = "/etc/edge-agent/ca.pem"
+    cert = "/etc/edge-agent/device.pem"
+    key = "/etc/edge-agent/device.key"
+
+    [updates]
+    window = "02:00-05:00"         # local time; deploy jobs wait QUEUED outside it
+    require_signed = "auto"        # auto: when <state>/trust/ holds keys; true; false
+    download_jitter_s = 30         # a random delay before a job's first download
 """
 
 from __future__ import annotations
@@ -62,6 +75,31 @@ class ProbationConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """``[mqtt]``: the broker connection of the fleet channel (off without ``url``)."""
+
+    url: str | None = None  # mqtt://host[:1883] or mqtts://host[:8883]
+    device_id: str | None = None  # default: the host name
+    group: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    prefix: str = "edge/v1"
+    telemetry_s: float = 60.0  # a telemetry message this often
+
+
+@dataclass(frozen=True)
+class UpdatesConfig:
+    """``[updates]``: when and what the device installs."""
+
+    window: str | None = None  # "02:00-05:00" local time; None: any time
+    require_signed: str = "auto"  # auto (when trust/ holds keys) | always | never
+    download_jitter_s: float = 0.0  # a random delay in [0, this] before a job's first download
+
+
+@dataclass(frozen=True)
 class Config:
     model: str | None = None  # zoo name, bundle folder or bare model file
     source: str | None = None  # see agent.source.open_source
@@ -82,6 +120,8 @@ class Config:
         False  # accept a lower version from the drop folder (explicit activation always may)
     )
     probation: ProbationConfig = field(default_factory=ProbationConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -91,9 +131,13 @@ class Config:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "probation":
-                table = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
-                if table:
+            if f.name in SECTIONS:
+                table = {
+                    k: str(v) if isinstance(v, Path) else v
+                    for k, v in dataclasses.asdict(value).items()
+                    if v is not None
+                }
+                if table and value != type(value)():
                     out[f.name] = table
             elif isinstance(value, Path):
                 out[f.name] = str(value)
@@ -285,6 +329,105 @@ def _probation(value: Any, where: str) -> ProbationConfig:
     return ProbationConfig(**out)
 
 
+def _table(cls: type[Any], checks: Mapping[str, Check], example: str) -> Callable[[Any, str], Any]:
+    """A config table (``[mqtt]``): known keys only, each checked; an instance passes as is."""
+
+    def check(value: Any, where: str) -> Any:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table such as {example}, got {value!r}")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in checks:
+                raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(checks))}")
+            out[key] = None if item is None else checks[key](item, f"{where}.{key}")
+        return cls(**out)
+
+    return check
+
+
+def _mqtt_url(value: Any, where: str) -> str:
+    text = _str(value, where).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts") or not rest or "/" in rest.rstrip("/"):
+        raise ConfigError(
+            f"{where}: {text!r} is not a broker URL; use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)"
+        )
+    host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest.rstrip("/"), "", "")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{where}: port {port!r} in {text!r} is not in 1-65535")
+    if not host:
+        raise ConfigError(f"{where}: no host in {text!r}")
+    return text
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _ident(value: Any, where: str) -> str:
+    text = _str(value, where)
+    if not _ID.fullmatch(text) or text == "group":
+        raise ConfigError(
+            f"{where}: {text!r} is not usable in MQTT topics: use 1-64 letters, digits, '.', '_' or '-' "
+            '(starting with a letter or digit; not "group")'
+        )
+    return text
+
+
+def _prefix(value: Any, where: str) -> str:
+    text = _str(value, where)
+    if any(c in text for c in "+#\x00") or text.startswith("/") or text.endswith("/") or "//" in text:
+        raise ConfigError(
+            f"{where}: {text!r}: a topic prefix such as edge/v1 (no wildcards, no '/' at the ends)"
+        )
+    return text
+
+
+def _window(value: Any, where: str) -> str:
+    from ota.update_window import UpdateWindow
+
+    text = _str(value, where)
+    try:
+        UpdateWindow.parse(text)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return text
+
+
+def _require_signed(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    return str(_choice(("auto", "always", "never"))(value, where))
+
+
+_mqtt = _table(
+    MqttConfig,
+    {
+        "url": _mqtt_url,
+        "device_id": _ident,
+        "group": _ident,
+        "ca": _path,
+        "cert": _path,
+        "key": _path,
+        "username": _str,
+        "password_file": _path,
+        "prefix": _prefix,
+        "telemetry_s": _positive,
+    },
+    '[mqtt] url = "mqtts://broker:8883"',
+)
+_updates = _table(
+    UpdatesConfig,
+    {"window": _window, "require_signed": _require_signed, "download_jitter_s": _float},
+    '[updates] window = "02:00-05:00"',
+)
+SECTIONS = ("probation", "mqtt", "updates")
+
+# ``run`` flags that set a key of a table: flag dest -> (table, key)
+TABLE_FLAGS = {"mqtt": ("mqtt", "url"), "device_id": ("mqtt", "device_id"), "group": ("mqtt", "group")}
+
+
 CHECKS: dict[str, Check] = {
     "model": _str,
     "source": _str,
@@ -301,6 +444,8 @@ CHECKS: dict[str, Check] = {
     "swap_policy": _choice(SWAP_POLICIES),
     "allow_downgrade": _bool,
     "probation": _probation,
+    "mqtt": _mqtt,
+    "updates": _updates,
 }
 assert set(CHECKS) == {f.name for f in dataclasses.fields(Config)}, "CHECKS must cover every Config field"
 
@@ -326,6 +471,15 @@ def _resolve_relative(values: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("state_dir", "models_dir"):
         if key in values and not values[key].is_absolute():
             values[key] = base / values[key]
+    if "mqtt" in values:
+        m = values["mqtt"]
+        paths = {
+            k: base / getattr(m, k)
+            for k in ("ca", "cert", "key", "password_file")
+            if getattr(m, k) is not None and not getattr(m, k).is_absolute()
+        }
+        if paths:
+            values["mqtt"] = dataclasses.replace(m, **paths)
     if "results" in values and values["results"] != "-" and not Path(values["results"]).is_absolute():
         values["results"] = str(base / values["results"])
     for key in ("model", "source"):  # may be a zoo name or a source spec: only when that file exists
@@ -357,6 +511,13 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any], where: str = "
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:
+            continue
+        if key in TABLE_FLAGS:
+            table, field_name = TABLE_FLAGS[key]
+            flag = "--" + key.replace("_", "-")
+            current = changes.get(table, getattr(config, table))
+            checked = CHECKS[table]({field_name: value}, f"{where}: {flag}")
+            changes[table] = dataclasses.replace(current, **{field_name: getattr(checked, field_name)})
             continue
         if key not in CHECKS:
             raise ConfigError(f"{where}: unknown setting {key!r}; valid: {', '.join(VALID_KEYS)}")

@@ -2,10 +2,10 @@
 
 EdgeAgentError
 ├── BundleError / VerificationError   a bad bundle, archive, name or pointer target
-├── TransientError                    full disk, failing fsync/rename: retry later
-├── ConfigError                       the store root cannot be created
 │   └── Rejected                      an update job or manifest refused by a rule (``reason``
 │                                     is a stable code: unsigned, unknown_key, bad_signature, ...)
+├── TransientError                    full disk, failing fsync/rename: retry later
+├── ConfigError                       the store root cannot be created
 └── FatalError
     └── IllegalTransition             an event the update table does not allow (a caller bug)
 """
