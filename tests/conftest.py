@@ -7,4 +7,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures.ota",
     "tests.fixtures.models",
     "tests.fixtures.hot_swap",
+    "tests.fixtures.bundle_server",
+    "tests.fixtures.mosquitto",
 ]
