@@ -214,6 +214,20 @@ def _fmt_status(s: dict[str, Any]) -> str:
     ]
     if s.get("pinned") is not None:
         lines.append(f"pinned    v{s['pinned']}")
+    if s.get("queued"):
+        lines.append(f"queued    {', '.join(s['queued'])}")
+    if s.get("held"):
+        lines.append(f"updates   waiting: {s['held']}")
+    elif s.get("window"):
+        lines.append(f"updates   window {s['window']}")
+    fleet = s.get("fleet")
+    if fleet:
+        lines.append(
+            f"fleet     {fleet.get('device_id')}"
+            + (f" (group {fleet['group']})" if fleet.get("group") else "")
+            + f" on {fleet.get('broker')}: {'connected' if fleet.get('connected') else 'offline'}"
+            + f", outbox {fleet.get('outbox_pending')}"
+        )
     return "\n".join(lines)
 
 
@@ -349,3 +363,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = models_sub.add_parser("unpin", help="let automatic updates replace the model again")
     _add_control_flag(p)
     p.set_defaults(control_call=lambda a: ("POST", "/models/unpin", {}))
+
+    updates = sub.add_parser("updates", help="when a running agent installs updates")
+    updates_sub = updates.add_subparsers(dest="updates_command", metavar="COMMAND", required=True)
+    p = updates_sub.add_parser(
+        "hold", help="pause installs: jobs are still verified and queued, and run after `updates release`"
+    )
+    _add_control_flag(p)
+    p.set_defaults(control_call=lambda a: ("POST", "/updates/hold", {}))
+    p = updates_sub.add_parser("release", help="resume installs (queued jobs run, within the update window)")
+    _add_control_flag(p)
+    p.set_defaults(control_call=lambda a: ("POST", "/updates/release", {}))

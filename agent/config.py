@@ -88,6 +88,7 @@ class MqttConfig:
     password_file: Path | None = None
     prefix: str = "edge/v1"
     telemetry_s: float = 60.0  # a telemetry message this often
+    events_per_min: float = 0.0  # detection events on {p}/{device}/events, at most this many (0: off)
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,7 @@ _mqtt = _table(
         "password_file": _path,
         "prefix": _prefix,
         "telemetry_s": _positive,
+        "events_per_min": _float,
     },
     '[mqtt] url = "mqtts://broker:8883"',
 )

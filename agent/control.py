@@ -9,6 +9,8 @@
                              unless forced)
     POST /models/pin         {"version": N} or {} for the current one: never replaced automatically
     POST /models/unpin
+    POST /updates/hold       pause installs: deploy jobs are still verified and queued, not run
+    POST /updates/release    resume installs
 
 Who may call it:
 
@@ -66,6 +68,8 @@ BODY_FIELDS: dict[str, frozenset[str]] = {
     "/models/rollback": frozenset({"force"}),
     "/models/pin": frozenset({"version"}),
     "/models/unpin": frozenset(),
+    "/updates/hold": frozenset(),
+    "/updates/release": frozenset(),
 }
 GET_PATHS = frozenset({"/healthz", "/status", "/models"})
 
@@ -86,6 +90,8 @@ class Controller(Protocol):
     def pin(self, version: int | None) -> dict[str, Any]: ...
 
     def unpin(self) -> dict[str, Any]: ...
+
+    def hold(self, hold: bool) -> dict[str, Any]: ...
 
 
 class RequestError(EdgeAgentError):
@@ -374,6 +380,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif method == "POST" and path == "/models/unpin":
                 self._body(path)
                 self._send(200, ctl.unpin())
+            elif method == "POST" and path in ("/updates/hold", "/updates/release"):
+                self._body(path)
+                self._send(200, ctl.hold(path == "/updates/hold"))
             elif path in GET_PATHS or path in BODY_FIELDS:
                 self._send(405, {"error": f"{method} is not allowed on {path}"})
             else:

@@ -34,6 +34,7 @@ class DaemonController:
         self.manager = manager
         self.stale_after = stale_after
         self.clock = clock
+        self.fleet: Any = None  # the FleetChannel, when the agent is on a broker
 
     def _manager(self) -> ModelManager:
         if self.manager is None:
@@ -67,6 +68,8 @@ class DaemonController:
         }
         if self.manager is not None:
             out.update(self.manager.status())
+        if self.fleet is not None:
+            out["fleet"] = self.fleet.status()
         return out
 
     def models(self) -> list[dict[str, Any]]:
@@ -86,6 +89,9 @@ class DaemonController:
 
     def unpin(self) -> dict[str, Any]:
         return self._manager().unpin()
+
+    def hold(self, hold: bool) -> dict[str, Any]:
+        return self._manager().set_hold(hold)
 
 
 class ControlService:

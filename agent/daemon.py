@@ -9,8 +9,9 @@ serve nothing, and ``start`` raises ``EdgeAgentError`` for an exit code of 1):
 3. the source (opened here, so a camera that is missing is reported before anything runs);
 4. sinks: the results JSON lines (``--results``) and ``<state>/metrics.db``;
 5. the pipeline, then the services beside it (the model manager's worker, the drop-folder
-   watcher, the control API): a configured service that cannot start fails the start here,
-   before ``READY=1``, so systemd restarts with back-off instead of running half an agent;
+   watcher, the fleet channel over MQTT, the control API): a configured service that cannot
+   start fails the start here, before ``READY=1``, so systemd restarts with back-off
+   instead of running half an agent;
 6. ``READY=1``; the watchdog switches to the inference loop's heartbeat, which also goes
    stale while no model can be loaded (``ModelManager.healthy``), so systemd restarts.
 
@@ -38,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from agent import __version__
 from agent.config import LIVE_KEYS, Config, apply_overrides, changed_keys, load_config
 from agent.control import default_address, ensure_token, parse_address
 from agent.controller import ControlService, DaemonController
@@ -53,10 +55,14 @@ from inference.errors import BundleError, ConfigError, EdgeAgentError
 from inference.runtime import RuntimeOptions
 from monitoring.job_history import JobHistory
 from monitoring.metrics_store import MetricsStore
+from ota.downloader import DownloadPolicy
 from ota.drop_folder import DropFolderWatcher
+from ota.remote_bundle import RemoteBundleFetcher
 from ota.store import ModelStore
+from ota.trust import TrustStore, trust_dir, verify_bundle_signature
 from ota.update_events import UpdateEvents
 from ota.update_machine import UpdateMachine
+from ota.update_window import UpdateWindow
 
 if TYPE_CHECKING:
     from inference.model import LoadedModel
@@ -153,7 +159,9 @@ class Daemon:
         self.line = LiveLine(self.stderr) if tty else None
         self.notifier = notifier or Notifier.from_env()
         self.manager_hooks = dict(manager_hooks or {})  # fault points (ModelManager's ``faults``)
+        self.fleet: Any = None  # the FleetChannel when [mqtt] url is set
         self.state_dir = config.state_dir or default_state_dir(self.env)
+        self.trust = TrustStore(trust_dir(self.state_dir))  # fleet keys: signed jobs and bundles
         self.handle: ModelHandle | None = None
         self.manager: ModelManager | None = None
         self.source: Source | None = None
@@ -190,6 +198,11 @@ class Daemon:
         assert cfg.source is not None
         self._open_metrics()
         store_root = self._store_root()
+        if cfg.mqtt.url and store_root is None:
+            raise ConfigError(
+                "MQTT updates need the model store: give --state-dir (or run under systemd with "
+                "StateDirectory=) so the agent can keep versions and resume jobs"
+            )
         if store_root is not None:
             self.status(f"opening the model store {store_root}")
             self.manager = self._make_manager(store_root)
@@ -221,9 +234,23 @@ class Daemon:
             self.services.append(
                 DropFolderWatcher(self.manager.store.incoming_dir, self.manager.on_candidate)
             )
+            if cfg.mqtt.url:
+                from agent.fleet_channel import FleetChannel
+
+                self.fleet = FleetChannel(
+                    cfg.mqtt,
+                    state_dir=self.state_dir,
+                    manager=self.manager,
+                    pipeline=self.pipeline,
+                    trust=self.trust,
+                )
+                self.services.append(self.fleet)
+                if cfg.mqtt.events_per_min > 0:
+                    self.pipeline.sinks = [*self.pipeline.sinks, self.fleet]
         control = cfg.control or (default_address(self.state_dir) if self.manager is not None else None)
         if control and control != "off":
             controller = DaemonController(self.pipeline, self.handle, self.manager)
+            controller.fleet = self.fleet
             token = None if isinstance(parse_address(control), Path) else ensure_token(self.state_dir)
             self.services.append(ControlService(control, controller, token))
         self._start_services()
@@ -289,9 +316,29 @@ class Daemon:
         except EdgeAgentError as err:  # metrics are not worth refusing to serve
             log.error("%s; running without the metrics database", err)
 
+    def _require_signed(self) -> bool:
+        """Whether bundles must be signed: ``auto`` when trust/ holds keys (read at each use)."""
+        mode = self.config.updates.require_signed
+        return mode == "always" or (mode == "auto" and not self.trust.empty)
+
+    def _check_signature(self, bundle_dir: Path) -> None:
+        self.trust.reload()
+        if self._require_signed():
+            key = verify_bundle_signature(bundle_dir, self.trust)
+            log.info("bundle %s signed by key %s", bundle_dir.name, key)
+
     def _make_manager(self, root: Path) -> ModelManager:
         cfg = self.config
         store = ModelStore(root)
+        from inference.runtime import RUNTIMES
+
+        fetcher = RemoteBundleFetcher(
+            self.trust,
+            require_signed=cfg.updates.require_signed != "never",
+            agent_version=__version__,
+            runtimes=tuple(RUNTIMES),
+            policy=DownloadPolicy(start_jitter_s=cfg.updates.download_jitter_s),
+        )
         machine = UpdateMachine(store.state_path)
         p = cfg.probation
         policy = ManagerPolicy(
@@ -316,6 +363,9 @@ class Daemon:
             runtime=runtime,
             policy=policy,
             events=events,
+            fetcher=fetcher,
+            bundle_check=self._check_signature,
+            window=UpdateWindow.parse(cfg.updates.window) if cfg.updates.window else None,
             **self.manager_hooks,
         )
 

@@ -154,6 +154,7 @@ class ModelManager:
         self.window = window
         self.local_now = local_now
         self._resume_job: UpdateJob | None = None  # a download interrupted by a restart
+        self.phase_listeners: list[Callable[[State], None]] = []  # after every persisted transition
         self._recent_conf: deque[float] = deque(maxlen=RECENT)
         self._recent_det: deque[int] = deque(maxlen=RECENT)
         self._recent_frames: deque[npt.NDArray[np.uint8]] = deque(maxlen=LIVE_FRAMES)
@@ -218,6 +219,8 @@ class ModelManager:
                 detail=what if status is not JobStatus.IN_PROGRESS else None,
                 reason=reason if status is not JobStatus.IN_PROGRESS else None,
             )
+        for listener in list(self.phase_listeners):
+            listener(after)
         self.faults(f"after:{after.value}")
         return after
 
