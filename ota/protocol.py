@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from inference.errors import ConfigError
 from inference.result import Detection
 from ota.errors import REJECT_REASONS, Rejected
+from ota.trust import canonical_json  # the one definition of what a signature covers
 from ota.update_events import STEPS, JobEvent, JobStatus
 from ota.update_machine import Outcome, State
 
@@ -110,13 +111,6 @@ PHASES = tuple(s.value for s in State)
 OFFLINE_STATE = b'{"online":false}'
 
 SCHEMAS = ("job", "status", "state", "telemetry", "alerts", "events")
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The bytes a job signature covers: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
 
 
 def new_nonce() -> str:

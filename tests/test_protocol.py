@@ -994,8 +994,9 @@ def test_schemas_carry_the_modules_constants() -> None:
 
 def test_canonical_json() -> None:
     assert P.canonical_json({"b": 1, "a": ["é", None, True]}) == '{"a":["é",null,true],"b":1}'.encode()
-    with pytest.raises(ValueError):
+    with pytest.raises(Rejected) as err:
         P.canonical_json({"x": float("nan")})
+    assert err.value.reason == "malformed"
 
 
 def test_a_job_signed_by_the_trust_module_parses_and_verifies() -> None:
