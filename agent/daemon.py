@@ -160,6 +160,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.manager_hooks = dict(manager_hooks or {})  # fault points (ModelManager's ``faults``)
         self.fleet: Any = None  # the FleetChannel when [mqtt] url is set
+        self.outbox: Any = None  # its outbox, taking job statuses from before the boot
         self.state_dir = config.state_dir or default_state_dir(self.env)
         self.trust = TrustStore(trust_dir(self.state_dir))  # fleet keys: signed jobs and bundles
         self.handle: ModelHandle | None = None
@@ -243,6 +244,7 @@ class Daemon:
                     manager=self.manager,
                     pipeline=self.pipeline,
                     trust=self.trust,
+                    outbox=self.outbox,
                 )
                 self.services.append(self.fleet)
                 if cfg.mqtt.events_per_min > 0:
@@ -354,6 +356,10 @@ class Daemon:
         events = UpdateEvents()
         if self.store is not None:
             events.subscribe(JobHistory(self.store))
+        if cfg.mqtt.url:  # before boot: what a restart finishes or undoes is reported to the fleet
+            from agent.fleet_channel import status_outbox
+
+            self.outbox = status_outbox(cfg.mqtt, self.state_dir, events)
         options = RuntimeOptions(threads=cfg.threads, providers=cfg.providers)
         runtime = None if cfg.runtime == "auto" else cfg.runtime
         return ModelManager(

@@ -35,7 +35,7 @@ from ota.mqtt_link import MqttLink, MqttSettings
 from ota.outbox import Outbox, OutboxPump
 from ota.protocol import ID_RE, OFFLINE_STATE, Topics, event_payload, state_payload, telemetry_payload
 from ota.trust import TrustStore
-from ota.update_events import JobEvent
+from ota.update_events import JobEvent, UpdateEvents
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ def default_device_id() -> str:
     return cleaned
 
 
+def status_outbox(cfg: MqttConfig, state_dir: Path, events: UpdateEvents) -> Outbox:
+    """The outbox in ``<state>/outbox/``, with every job event going into it as a status."""
+    device_id = cfg.device_id or default_device_id()
+    outbox = Outbox(state_dir / "outbox" / "outbox.db")
+    events.subscribe(StatusPublisher(outbox, Topics(cfg.prefix), device_id, lambda: None))
+    return outbox
+
+
 class FleetChannel:
     """See the module docstring; ``start``/``stop`` as a daemon service, ``write`` as a sink."""
 
@@ -62,9 +70,12 @@ class FleetChannel:
         manager: ModelManager,
         pipeline: Pipeline,
         trust: TrustStore,
+        outbox: Outbox | None = None,
         clock: Callable[[], float] = time.time,
         link_factory: Callable[[MqttSettings], MqttLink] = MqttLink,
     ) -> None:
+        """``outbox``: one that already takes the job statuses (``status_outbox``, subscribed
+        before the manager's boot, so what a restart finishes is reported too)."""
         assert cfg.url is not None
         self.cfg = cfg
         self.device_id = cfg.device_id or default_device_id()
@@ -85,14 +96,15 @@ class FleetChannel:
             will_payload=OFFLINE_STATE,
         )
         self.link = link_factory(settings)
-        self.outbox = Outbox(state_dir / "outbox" / "outbox.db")
+        if outbox is None:
+            outbox = status_outbox(cfg, state_dir, manager.events)
+        self.outbox = outbox
         self.pump = OutboxPump(self.outbox, self.link)
         self.jobs = MqttJobs(
             device_id=self.device_id, group=self.group, topics=self.topics, trust=trust, target=manager
         )
         for topic_filter in self.jobs.filters():
             self.link.subscribe(topic_filter, self.jobs.on_message, qos=1)
-        manager.events.subscribe(StatusPublisher(self.outbox, self.topics, self.device_id, self.pump.kick))
         manager.events.subscribe(self._on_event)  # a rejection changes no phase but is news
         manager.phase_listeners.append(self._on_phase)
         self.link.on_connect(self.publish_state)

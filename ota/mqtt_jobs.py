@@ -167,16 +167,23 @@ class MqttJobs:
             except EdgeAgentError as err:  # 409: seen meanwhile (the same job delivered twice)
                 raise Rejected("replay", str(err)) from None
             return
-        if not self.target.machine.mark_seen((job.job_id, *marks), trusted_time=float(job.issued_at)):
-            raise Rejected("replay", f"job {job.job_id} (or its nonce) was seen already")
+        machine = self.target.machine
         if job.action == "rollback":
+            # only the nonce first: a rollback of a committed version queues a job under this id,
+            # which the machine would refuse as a replay if the id were marked seen already
+            if not machine.mark_seen(marks, trusted_time=float(job.issued_at)):
+                raise Rejected("replay", f"job {job.job_id}: its nonce was seen already")
             try:
                 answer = self.target.rollback(job_id=job.job_id, origin="mqtt")
             except EdgeAgentError as err:
+                machine.mark_seen((job.job_id,))
                 raise Rejected("pinned" if "pinned" in str(err) else "not_applicable", str(err)) from None
             if not (isinstance(answer, dict) and answer.get("job_id")):  # the version on probation
+                machine.mark_seen((job.job_id,))
                 self._report(job.job_id, JobStatus.SUCCEEDED, reason=str(answer.get("message", "")))
             return
+        if not machine.mark_seen((job.job_id, *marks), trusted_time=float(job.issued_at)):
+            raise Rejected("replay", f"job {job.job_id} (or its nonce) was seen already")
         if job.action == "pin":
             try:
                 answer = self.target.pin(job.version)

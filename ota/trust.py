@@ -489,6 +489,13 @@ def _utc(t: float) -> str:
         return f"{t:g}"
 
 
+#: A job may be issued this far ahead of the device's clock (fleet clock skew).
+MAX_FUTURE_SKEW_S = 600.0
+#: A clock before this (2024-01-01) is not set (a device without an RTC before NTP): the
+#: future check then waits for a set clock or a last trusted time to judge by.
+PLAUSIBLE_CLOCK = 1_704_067_200.0
+
+
 def check_job_rules(
     *,
     job_id: str,
@@ -511,6 +518,14 @@ def check_job_rules(
     if expires_at <= issued_at:
         raise Rejected(
             "malformed", f"job {job_id}: expires_at {expires_at} is not after issued_at {issued_at}"
+        )
+    reference = max(now if now >= PLAUSIBLE_CLOCK else 0.0, ctx.last_trusted_time)
+    if reference > 0 and issued_at > reference + MAX_FUTURE_SKEW_S:
+        # accepted, it would raise the last trusted time past every later job's expiry
+        raise Rejected(
+            "malformed",
+            f"job {job_id}: issued_at {_utc(issued_at)} is in the future (this device's time is "
+            f"{_utc(reference)}): check the fleet's clock, and that issued_at is in seconds",
         )
     if ctx.last_trusted_time > now:
         judge, clock = "the last trusted time (issued_at of the newest verified job)", ctx.last_trusted_time

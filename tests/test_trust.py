@@ -664,3 +664,22 @@ def test_bundle_sign_and_verify_are_wired_into_edge_agent(
     assert main(["bundle", "sign", str(bundle), "--key", str(key_path)]) == 0
     assert main(["bundle", "verify", str(bundle), "--pubkey", str(pub_path)]) == 0
     assert "signature OK" in capsys.readouterr().out
+
+
+def test_a_job_issued_in_the_future_is_refused_so_it_cannot_expire_every_later_job() -> None:
+    """issued_at raises the last trusted time: one job far ahead of the clock (a fleet writing
+    milliseconds) would make every later job expired. Refused once the device has a time."""
+    from ota.trust import MAX_FUTURE_SKEW_S, PLAUSIBLE_CLOCK
+
+    now = PLAUSIBLE_CLOCK + 1e8
+    ctx = JobContext(device_id="cam-1", group=None, seen=lambda _: False, last_trusted_time=0.0,
+                     max_release_counter=0)  # fmt: skip
+    rules = {"job_id": "j", "nonce": "n" * 16, "target": {"devices": ["cam-1"]}, "release_counter": None}
+    far = int(now * 1000)
+    with pytest.raises(Rejected) as err:
+        check_job_rules(**rules, issued_at=far, expires_at=far + 60, ctx=ctx, now=now)
+    assert err.value.reason == "malformed" and "future" in str(err.value)
+    near = int(now + MAX_FUTURE_SKEW_S / 2)
+    check_job_rules(**rules, issued_at=near, expires_at=near + 60, ctx=ctx, now=now)  # fleet clock skew
+    # a device whose clock is not set yet (no RTC, no NTP) takes its first job as its time
+    check_job_rules(**rules, issued_at=int(now), expires_at=int(now) + 60, ctx=ctx, now=100.0)
