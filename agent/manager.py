@@ -515,6 +515,8 @@ class ModelManager:
         with self._cond:
             self.machine.set_hold(hold)
             self._cond.notify_all()
+        for listener in list(self.phase_listeners):  # the fleet's retained state shows the hold
+            listener(self.machine.state)
         return {"message": "installs on hold" if hold else "installs released", "hold": hold}
 
     def submit(self, path: Path, origin: str = "drop-folder") -> str:

@@ -178,18 +178,17 @@ class DeviceView:
 def newer_status(old: DeviceJobStatus | None, new: DeviceJobStatus) -> bool:
     """Whether ``new`` replaces ``old`` for the same device and job: never backwards.
 
-    Ignored: a lower or equal ``seq`` (a QoS 1 duplicate or a late message), a non-terminal
-    status after a terminal one, and ``REJECTED replay`` after the device accepted the job (it
-    says only that the job was delivered twice: QoS 1 redelivery or a re-publish after a lost
-    acknowledgement)."""
+    Ignored: a lower or equal ``seq`` (a QoS 1 duplicate or a late message), anything after a
+    terminal status (a job ends once), and ``REJECTED`` after the device accepted the job: that
+    refusal is about another message claiming the job's id (a replay, or a forged copy whose
+    signature failed), not about the job the device runs."""
     if old is None:
         return True
     if old.seq is not None and new.seq is not None and new.seq <= old.seq:
         return False
-    replayed = new.status is JobStatus.REJECTED and (new.reason or "").startswith("replay")
-    if replayed and old.status is not JobStatus.REJECTED:
+    if old.terminal:
         return False
-    return not (old.terminal and not new.terminal)
+    return not (new.status is JobStatus.REJECTED and old.status is not JobStatus.REJECTED)
 
 
 def _later(a: float | None, b: float | None) -> float | None:

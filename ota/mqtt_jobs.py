@@ -164,8 +164,10 @@ class MqttJobs:
             )
             try:
                 self.target.submit_job(update, marks=marks, trusted_time=float(job.issued_at))
-            except EdgeAgentError as err:  # 409: seen meanwhile (the same job delivered twice)
-                raise Rejected("replay", str(err)) from None
+            except EdgeAgentError as err:
+                if getattr(err, "status", None) != 409:  # the state file cannot be written: say so
+                    raise Rejected("not_applicable", f"the job could not be queued: {err}") from None
+                raise Rejected("replay", str(err)) from None  # seen meanwhile
             return
         machine = self.target.machine
         if job.action == "rollback":

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.agent import stop_agent, wait_for
+from tests.fixtures.agent import run_agent, stop_agent, wait_for
 from tests.fixtures.bundle_server import BundleServer
 from tests.fixtures.fleet import (
     PREFIX,
@@ -214,12 +214,23 @@ def test_bad_jobs_are_rejected_and_the_loop_keeps_serving(
         feed.wait(lambda: len(feed.statuses("replayed")) > n, 30, "the replay to be answered")
         assert feed.statuses("replayed")[-1]["status"] == "REJECTED"
         assert feed.statuses("replayed")[-1]["reason"].startswith("replay")
-        frames_before = (feed.state("cam-1") or {}).get("uptime_s", 0)
-        assert frames_before > 0 and proc.poll() is None
+
+        # the loop kept serving: frames go on growing, and the version is v2 only from "replayed"
+        def status() -> dict[str, Any]:
+            r = run_agent(["status", "--json", "--state-dir", str(state)], tmp_path, timeout=60)
+            assert r.returncode == 0, r.stderr
+            return dict(json.loads(r.stdout))
+
+        first_look = status()
+        assert first_look["version"] == 2 and first_look["errors"] == 0
+        wait_for(lambda: status()["frames"] > first_look["frames"] + 10, 30, "frames to go on")
+        versions = [d.get("version") for t, d in feed.lines if t.endswith("/state") and d.get("online")]
+        replayed_at = next(i for i, (t, d) in enumerate(feed.lines) if t.endswith("/jobs/replayed/status"))
+        states_before = [d for t, d in feed.lines[:replayed_at] if t.endswith("/state") and d.get("online")]
+        assert {d["version"] for d in states_before} == {1}, versions  # v1 served through every bad job
     finally:
         stop_agent(proc)
     assert proc.returncode == 0
-    del state
 
 
 @pytest.mark.slow
