@@ -356,7 +356,12 @@ def mutated_jobs(draw: st.DrawFn) -> dict[str, Any]:
     job = draw(jobs())
     if draw(st.integers(0, 3)) == 0:  # inside the target
         target = mutate(draw, job["target"], ("devices", "group"))
-        if "devices" in target and isinstance(target["devices"], list) and draw(st.booleans()):
+        if (
+            "devices" in target
+            and isinstance(target["devices"], list)
+            and target["devices"]
+            and draw(st.booleans())
+        ):
             devices = list(target["devices"])
             devices[draw(st.integers(0, max(0, len(devices) - 1)))] = draw(VALUES)
             target["devices"] = devices
