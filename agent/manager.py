@@ -436,6 +436,7 @@ class ModelManager:
             if self._stopping.is_set():
                 return
             ok = False
+            stuck: Exception | None = None
             try:
                 if job is None:  # boot found a job in ACTIVATING/PROBATION
                     self._resume_probation = False
@@ -448,6 +449,7 @@ class ModelManager:
                 ok = True
             except TransientError as err:  # the state file cannot be written (disk full, I/O)
                 log.error("update job %s paused: %s", job.job_id if job else "resumed", err)
+                stuck = err
             except Exception as err:  # a bug in a step: record it on the job, keep serving
                 log.exception("update job %s failed unexpectedly", job.job_id if job else "resumed")
                 self._record_internal_error(err)
@@ -460,6 +462,10 @@ class ModelManager:
             backoff = 0.0 if ok else min(60.0, max(1.0, backoff * 2))
             if backoff:
                 self._stopping.wait(backoff)
+            if stuck is not None and not self._stopping.is_set() and self.machine.state is not State.IDLE:
+                # the job left the queue but its state is mid-way: end it (FAILED, or a rollback
+                # after ACTIVATING) instead of leaving it IN_PROGRESS until the next start
+                self._record_internal_error(stuck)
 
     def _record_internal_error(self, err: Exception) -> None:
         try:
@@ -629,6 +635,11 @@ class ModelManager:
         self._emit(JobStatus.REJECTED, job=job, reason=f"{code}: {reason}")
 
     def _run_job(self, job: UpdateJob, *, resumed: bool = False) -> None:
+        if job.expires_at is not None and not resumed:
+            judge = max(time.time(), self.machine.record.counters.last_trusted_time)
+            if judge >= job.expires_at:  # it waited (a hold, the window) past its expiry
+                self._reject_queued(job, "expired", "the job expired while it waited in the queue")
+                return
         if job.action == "rollback":
             with self._lock:
                 cur, prev = self.store.current(), self.store.previous()
@@ -732,6 +743,8 @@ class ModelManager:
             except EdgeAgentError as err:  # a 4xx, other bytes than declared, a bad manifest
                 self.store.discard_staging(job.job_id)
                 self._fail(f"download failed: {err}")
+                return None
+            if self._stopping.is_set():  # stopping: FETCHING stays on disk, the next start resumes
                 return None
             import_id = f"{job.job_id}.import"
         else:

@@ -161,6 +161,7 @@ class MqttJobs:
                 source=job.manifest_url,
                 manifest_sha256=job.manifest_sha256,
                 release_counter=job.release_counter,
+                expires_at=float(job.expires_at),
             )
             try:
                 self.target.submit_job(update, marks=marks, trusted_time=float(job.issued_at))

@@ -92,6 +92,7 @@ class MqttSettings:
     will_payload: bytes | None = None  # retained, QoS 1
     backoff_min_s: float = 0.5
     backoff_max_s: float = 60.0
+    max_packet_bytes: int = 256 * 1024  # MQTT v5 Maximum Packet Size announced in CONNECT
 
 
 def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
@@ -431,6 +432,8 @@ class MqttLink:
         self._attempt_up = False
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.settings.session_expiry_s
+        # the broker drops (and never buffers here) a message bigger than this: jobs are <= 16 KiB
+        props.MaximumPacketSize = self.settings.max_packet_bytes
         try:
             rc = self._client.connect(
                 self._host,

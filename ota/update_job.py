@@ -12,6 +12,7 @@ before anyone is told it was accepted, and run by the ``ModelManager`` through t
     version   the stored version an ``activate`` names
     force     a manual override of the pin / downgrade / release-counter rules (logged)
     manifest_sha256   a remote deploy: the sha256 of the manifest at ``source`` (signed job)
+    expires_at        a signed job's expiry (Unix seconds): a job still queued then is refused
     release_counter   a remote deploy: the manifest's release counter the job announced
 """
 
@@ -96,6 +97,7 @@ class UpdateJob:
     force: bool = False
     manifest_sha256: str | None = None
     release_counter: int | None = None
+    expires_at: float | None = None
 
     @property
     def remote(self) -> bool:
@@ -131,6 +133,7 @@ class UpdateJob:
             "force": self.force,
             "manifest_sha256": self.manifest_sha256,
             "release_counter": self.release_counter,
+            "expires_at": self.expires_at,
         }
 
     @classmethod
@@ -155,6 +158,9 @@ class UpdateJob:
         if msha is not None and not (isinstance(msha, str) and re.fullmatch(r"[0-9a-f]{64}", msha)):
             raise ValueError(f"job.manifest_sha256: expected 64 hex digits or null, got {msha!r}")
         rc = data.get("release_counter")
+        exp = data.get("expires_at")
+        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
+            raise ValueError(f"job.expires_at: expected a number or null, got {exp!r}")
         return cls(
             job_id=str(job_id),
             action=str(action),
@@ -165,6 +171,7 @@ class UpdateJob:
             force=force,
             manifest_sha256=msha,
             release_counter=None if rc is None else as_int(rc, "job.release_counter"),
+            expires_at=None if exp is None else float(exp),
         )
 
 

@@ -765,3 +765,25 @@ def test_hold_survives_a_restart(classifier_bundle: Make, fleet: Fleet, tmp_path
         assert second.handle.current.version == 2 and second.machine.record.hold is False
     finally:
         second.close()
+
+
+def test_a_job_that_expires_while_held_is_refused_when_released(
+    classifier_bundle: Make, in_process_agent: Start, fleet: Fleet, tmp_path: Path
+) -> None:
+    """The expiry a signed job carries is kept with it: held past it, it never runs."""
+    fetcher = CopyFetcher()
+    agent = in_process_agent(classifier_bundle(1), fetcher=fetcher)
+    jobs, log = wire(agent, fleet, tmp_path / "s")
+    url, sha = fetcher.add(classifier_bundle(2, strength=25.0))
+    agent.manager.set_hold(True)
+    expires = int(time.time()) + 2
+    jobs.on_message("t", fleet.job("late", manifest_url=url, manifest_sha256=sha, expires_at=expires))
+    assert log.chain("late") == [("QUEUED", None)]
+    assert agent.machine.queue[0].expires_at == expires  # persisted with the job
+    end = time.monotonic() + 10
+    while time.time() <= expires and time.monotonic() < end:  # the job's own deadline passes
+        time.sleep(0.05)
+    agent.manager.set_hold(False)
+    final = log.wait_final("late")
+    assert (final.status, reason_code(final)) == (JobStatus.REJECTED, "expired")
+    assert agent.handle.current.version == 1 and agent.machine.queue == ()
