@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -81,7 +81,7 @@ class RemoteBundleFetcher:
                 f"{job.release_counter}: the job and the bundle do not belong together",
             )
         dl.fetch(
-            urljoin(url, manifest.file),
+            _beside(url, manifest.file),
             dest / manifest.file,
             max_bytes=manifest.size,
             expected_size=manifest.size,
@@ -91,7 +91,7 @@ class RemoteBundleFetcher:
         for rel in _aux_files(manifest):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            dl.fetch(urljoin(url, rel), target, max_bytes=MAX_AUX_BYTES, what=f"the bundle file {rel}")
+            dl.fetch(_beside(url, rel), target, max_bytes=MAX_AUX_BYTES, what=f"the bundle file {rel}")
         atomic_write_bytes(dest / MANIFEST, raw)
         if sig is not None:
             atomic_write_bytes(dest / SIGNATURE, sig)
@@ -105,6 +105,17 @@ class RemoteBundleFetcher:
         except BundleError as err:  # a 4xx: an unsigned bundle (refused when signatures are required)
             log.info("no manifest signature at %s: %s", url, err)
             return None
+
+
+def _beside(manifest_url: str, rel: str) -> str:
+    """The URL of a bundle file: beside the manifest, on the same server, never elsewhere."""
+    if any(c in rel for c in ":?#%\\") or rel.startswith("/") or "//" in rel:
+        raise Rejected("malformed", f"bundle file name {rel!r} is not a plain relative path")
+    out = urljoin(manifest_url, rel)
+    base, here = urlsplit(manifest_url), urlsplit(out)
+    if (here.scheme, here.netloc) != (base.scheme, base.netloc):  # pragma: no cover - guarded above
+        raise Rejected("malformed", f"bundle file {rel!r} resolves to another server ({out})")
+    return out
 
 
 def _aux_files(manifest: Manifest) -> list[str]:
