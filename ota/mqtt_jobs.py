@@ -16,7 +16,9 @@ counter). Only then does it reach the update core:
 
 A second delivery of a job already accepted (same id and nonce, validly signed: QoS 1 is at
 least once) is ignored; the same id with another nonce, or a nonce under another id, is a
-replay. Every refusal is a ``REJECTED`` event with its reason code, so nothing is dropped silently:
+replay. Refusals of messages whose signature did not verify are reported up to ``UNVERIFIED_PER_MIN``
+a minute (a flood of junk must not fill the outbox), then counted and logged only.
+Every other refusal is a ``REJECTED`` event with its reason code, so nothing is dropped silently:
 a payload too broken to name its job is reported under ``malformed-<sha256[:12]>``.
 
 Out: ``StatusPublisher`` subscribes to ``UpdateEvents`` and puts each event, as the status
@@ -45,6 +47,7 @@ from ota.update_machine import UpdateMachine
 log = logging.getLogger(__name__)
 
 UNSUPPORTED = ("sampling", "capture")
+UNVERIFIED_PER_MIN = 60  # reported refusals of unsigned or badly signed messages, per minute
 
 
 class JobTarget(Protocol):
@@ -84,6 +87,10 @@ class MqttJobs:
         self.received = 0
         self.rejected = 0
         self.duplicates = 0
+        self.suppressed = 0  # refusals of unverified messages past the budget: logged, not reported
+        self._signed = False
+        self._tokens = float(UNVERIFIED_PER_MIN)
+        self._tokens_at = time.monotonic()
 
     def filters(self) -> list[str]:
         out = [self.topics.device_notify(self.device_id)]
@@ -94,6 +101,7 @@ class MqttJobs:
     def on_message(self, topic: str, payload: bytes) -> None:
         self.received += 1
         job_id = _guess_job_id(payload)
+        self._signed = False
         try:
             job = parse_job(payload)
             job_id = job.job_id
@@ -101,8 +109,26 @@ class MqttJobs:
                 self._dispatch(job)
         except Rejected as err:
             self.rejected += 1
+            if not self._signed and not self._unverified_budget():
+                # a flood of junk must not fill the outbox (statuses are never dropped): past
+                # the budget, refusals of unverified messages are counted and logged only
+                self.suppressed += 1
+                log.debug("job %s from %s rejected (%s), not reported: %s", job_id, topic, err.reason, err)
+                return
             log.warning("job %s from %s rejected (%s): %s", job_id, topic, err.reason, err)
             self._report(job_id, JobStatus.REJECTED, reason=f"{err.reason}: {err}")
+
+    def _unverified_budget(self) -> bool:
+        """A token bucket: at most ``UNVERIFIED_PER_MIN`` reported refusals of unsigned or
+        badly signed messages a minute (a burst of as many)."""
+        now = time.monotonic()
+        rate = UNVERIFIED_PER_MIN / 60.0
+        self._tokens = min(float(UNVERIFIED_PER_MIN), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     # ------------------------------------------------------------------ checks
 
@@ -116,6 +142,7 @@ class MqttJobs:
                 f"this device trusts no keys: copy the fleet's public key (.pub) into {self.trust.where}",
             )
         self.trust.verify_object({**job.body, "signature": job.signature})
+        self._signed = True
         machine = self.target.machine
         if machine.has_seen(job.job_id) and machine.has_seen(f"nonce:{job.nonce}"):
             # the same signed job again (QoS 1 is at least once; a fleet re-publishes after a

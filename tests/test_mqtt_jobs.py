@@ -430,6 +430,23 @@ def test_broken_payloads_are_reported_under_a_made_up_id(channel: Callable[..., 
     assert len(outbox_statuses(ch.outbox)) == 6
 
 
+def test_a_flood_of_junk_is_reported_only_up_to_the_budget(
+    channel: Callable[..., Channel], fleet: Fleet
+) -> None:
+    """Statuses are never dropped from the outbox, so refusals of unverified messages are
+    reported up to UNVERIFIED_PER_MIN a minute, then only counted; a signed job still is."""
+    from ota.mqtt_jobs import UNVERIFIED_PER_MIN
+
+    ch = channel()
+    for i in range(UNVERIFIED_PER_MIN * 3):
+        ch.send(b'{"junk": %d}' % i)
+    assert len(outbox_statuses(ch.outbox)) == UNVERIFIED_PER_MIN
+    assert ch.jobs.suppressed == UNVERIFIED_PER_MIN * 2
+    ch.send(fleet.job("other-device", devices=["cam-99"]))  # signed: its refusal is always reported
+    assert reason_code(ch.log.events[-1][1]) == "not_for_this_device"
+    assert [s["job_id"] for s in outbox_statuses(ch.outbox)] == ["other-device"]
+
+
 def test_rollback_and_pin_through_the_real_manager(
     classifier_bundle: Make, in_process_agent: Start, fleet: Fleet, tmp_path: Path
 ) -> None:
