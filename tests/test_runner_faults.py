@@ -179,3 +179,38 @@ def test_a_verdict_never_waits_for_the_job_lock(classifier_bundle: Make, in_proc
         release.set()
     assert agent.manager.wait_idle(60)
     assert agent.machine.record.outcome is not None and agent.machine.record.outcome.value == "rolled_back"
+
+
+def test_a_job_whose_next_state_cannot_be_written_is_ended_not_left_running(
+    classifier_bundle: Make, in_process_agent: Start
+) -> None:
+    """The disk fills while a job validates: the worker pauses, and after the back-off it ends
+    the job (FAILED, nothing changed) instead of leaving it IN_PROGRESS until a restart."""
+    agent = in_process_agent(
+        classifier_bundle(1), ManagerPolicy(probation_frames=10, isolate_validation=False)
+    )
+    assert agent.sink.wait_frames(10)
+    disk = FullDisk()
+    agent.machine.fs = disk
+    events: list[JobEvent] = []
+    ended = threading.Event()
+
+    def on_event(ev: JobEvent) -> None:
+        events.append(ev)
+        if ev.status is JobStatus.IN_PROGRESS and ev.step == "validating":
+            disk.full.set()  # VALIDATED will not reach the disk
+        if ev.status in (JobStatus.FAILED, JobStatus.SUCCEEDED):
+            ended.set()
+
+    agent.events.subscribe(on_event)
+    job = agent.manager.submit(classifier_bundle(2))
+    end = time.monotonic() + 20
+    while disk.failed < 1 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert disk.failed >= 1 and agent.machine.state is State.VALIDATING
+    disk.full.clear()  # room again: the back-off ends and the worker settles the job
+    assert ended.wait(30), [(e.status, e.step) for e in events]
+    final = [e for e in events if e.job_id == job][-1]
+    assert (final.status, final.detail) == (JobStatus.FAILED, "no_state_change")
+    assert agent.manager.wait_idle(30) and agent.machine.state is State.IDLE
+    assert agent.handle.current.version == 1
