@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import signal
 import statistics
 import subprocess
 import time
@@ -102,6 +103,17 @@ def plain_tflite(
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    """Send ``sig`` to a child that still runs; SIGKILL it if it has not ended in ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def git_revision(root: Path | None = None) -> str | None:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, result_stem, write_json
+from benchmarks.common import RESULTS_DIR, result_stem, stop_process, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS, QUICK_TRIALS = 100, 10
@@ -158,16 +158,6 @@ def _start(
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def trial(i: int, bundles: dict[str, Path], tmp: Path, rng: random.Random) -> dict[str, Any]:
     from inference.bundle import open_bundle
     from inference.errors import EdgeAgentError
@@ -213,7 +203,7 @@ def trial(i: int, bundles: dict[str, Path], tmp: Path, rng: random.Random) -> di
             _wait(lambda: _state(store).get("phase", "IDLE") != "IDLE", 10)
             time.sleep(delay)
     finally:
-        _stop(proc, signal.SIGKILL)
+        stop_process(proc, signal.SIGKILL)
     row["phase_at_kill"] = _state(store).get("phase", "none")
     t0 = time.monotonic()
     proc = _start(store, bundles["seed"], second, config)
@@ -237,7 +227,7 @@ def trial(i: int, bundles: dict[str, Path], tmp: Path, rng: random.Random) -> di
         elif any((store / "staging").iterdir()):
             row["problem"] = "staging/ not empty"
     finally:
-        _stop(proc)
+        stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)
     return row
 

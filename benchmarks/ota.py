@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, git_revision, machine_info, result_stem, write_json
+from benchmarks.common import RESULTS_DIR, git_revision, machine_info, result_stem, stop_process, write_json
+from ota.update_events import STEPS as JOB_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS, QUICK_TRIALS = 5, 2
@@ -46,7 +46,7 @@ PROBATION_FRAMES = 10
 FPS = 100
 TIMEOUT_S = 120.0
 TARGET_MS = 1000.0
-STEPS = ("downloading", "verifying", "validating", "activating", "probation")
+STEPS = tuple(step for step in JOB_STEPS.values() if step != "rolling_back")  # downloading .. probation
 #: (name, from step, to step) of each measured step, from the device's status timestamps
 PHASES = (
     ("queue", "QUEUED", "downloading"),
@@ -143,16 +143,6 @@ def _start_agent(tmp: Path, broker_url: str, seed: Path, state: Path) -> subproc
     ]  # fmt: skip
     log = open(tmp / "agent.log", "wb")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _trial(feed: Feed, key: Any, version: int, manifest: tuple[str, str]) -> dict[str, Any]:
@@ -270,7 +260,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             if feed is not None:
                 feed.close()
             if proc is not None:
-                _stop(proc)
+                stop_process(proc, timeout=30)
             server.stop()
             broker.kill()
     keys = [f"{p[0]}_ms" for p in PHASES] + [

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from inference.errors import EdgeAgentError
 from ota.errors import Rejected
 from ota.outbox import Outbox
-from ota.protocol import ID_RE, JobMessage, Topics, parse_job, status_payload
+from ota.protocol import ID_RE, JobMessage, Topics, parse_job, status_from_event
 from ota.trust import JobContext, TrustStore, check_job_rules
 from ota.update_events import JobEvent, JobStatus, UpdateEvents
 from ota.update_job import UpdateJob
@@ -264,20 +264,7 @@ class StatusPublisher:
             return
         topic = self.topics.status(self.device_id, event.job_id)
 
-        def payload(seq: int) -> bytes:
-            return status_payload(
-                job_id=event.job_id,
-                status=event.status.value,
-                step=event.step,
-                detail=event.detail,
-                reason=event.reason,
-                model=event.model,
-                version=event.version,
-                ts=event.ts,
-                seq=seq,
-            )
-
-        self.outbox.put(topic, payload, "status")
+        self.outbox.put(topic, lambda seq: status_from_event(event, seq=seq), "status")
         self.wake()
 
 

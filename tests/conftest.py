@@ -9,4 +9,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.hot_swap",
     "tests.fixtures.bundle_server",
     "tests.fixtures.mosquitto",
+    "tests.fixtures.fleet",
 ]

@@ -24,10 +24,10 @@ from tests.fixtures.agent import ROOT, stop_agent
 from tests.fixtures.bundle_server import BundleServer
 from tests.fixtures.fleet import (
     PREFIX,
+    STEPS,
     Keys,
     StatusFeed,
     fleet_cli,
-    make_keys,
     publish_bundle,
     start_device,
     status_feed,
@@ -37,15 +37,6 @@ from tests.fixtures.need import unavailable
 
 Make = Callable[..., Path]
 LIGHT = "synthetic:16x16@5,live"  # paced at 5 fps: twenty agents on two cores
-STEPS = [
-    ("QUEUED", None),
-    ("IN_PROGRESS", "downloading"),
-    ("IN_PROGRESS", "verifying"),
-    ("IN_PROGRESS", "validating"),
-    ("IN_PROGRESS", "activating"),
-    ("IN_PROGRESS", "probation"),
-    ("SUCCEEDED", None),
-]
 
 # The ACL of docs/deploy.md ("Broker ACL"), byte for byte: the test checks the docs carry it.
 ACL = """\
@@ -66,11 +57,6 @@ topic write edge/v1/group/+/jobs/notify
 topic readwrite edge/v1/_fleet/#
 topic read edge/v1/#
 """
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return make_keys(tmp_path / "keys")
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from tests.fixtures.agent import run_agent, stop_agent, wait_for
 from tests.fixtures.bundle_server import BundleServer
 from tests.fixtures.fleet import (
     PREFIX,
+    STEPS,
     Keys,
     StatusFeed,
     fleet_cli,
@@ -29,25 +30,11 @@ from tests.fixtures.fleet import (
 from tests.fixtures.mosquitto import Mosquitto, mosquitto_pub
 
 Make = Callable[..., Path]
-STEPS = [
-    ("QUEUED", None),
-    ("IN_PROGRESS", "downloading"),
-    ("IN_PROGRESS", "verifying"),
-    ("IN_PROGRESS", "validating"),
-    ("IN_PROGRESS", "activating"),
-    ("IN_PROGRESS", "probation"),
-    ("SUCCEEDED", None),
-]
 
 
 @pytest.fixture
 def feed(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[StatusFeed]:
     yield from status_feed(mosquitto, tmp_path)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return make_keys(tmp_path / "keys")
 
 
 def online(feed: StatusFeed, device: str, version: int | None = None) -> Callable[[], bool]:

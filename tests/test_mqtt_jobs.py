@@ -28,7 +28,7 @@ from agent.control import RequestError
 from agent.manager import ManagerPolicy
 from ota.mqtt_jobs import MqttJobs, StatusPublisher
 from ota.outbox import Outbox
-from ota.protocol import MAX_JOB_BYTES, Topics, build_job, load_schema, new_nonce, parse_status
+from ota.protocol import JOB_FIELDS, MAX_JOB_BYTES, Topics, build_job, load_schema, new_nonce, parse_status
 from ota.store import ModelStore
 from ota.trust import TrustStore, generate_keypair, load_private_key, sign_object
 from ota.update_events import JobEvent, JobStatus, UpdateEvents
@@ -476,20 +476,7 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
-JOB_KEYS: tuple[str, ...] = (
-    "job_id",
-    "action",
-    "target",
-    "issued_at",
-    "expires_at",
-    "nonce",
-    "manifest_url",
-    "manifest_sha256",
-    "release_counter",
-    "version",
-    "key_id",
-    "signature",
-)
+JOB_KEYS: tuple[str, ...] = JOB_FIELDS
 
 
 @st.composite
