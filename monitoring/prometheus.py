@@ -1,0 +1,421 @@
+"""``/metrics`` in the Prometheus text format, on a read-only listener of its own.
+
+- ``LatencyHistogram``: fixed buckets in seconds (1 ms .. 10 s), ``observe_ms`` from the
+  results thread, ``snapshot()`` from any thread (one lock, O(1) work under it).
+- ``AgentMetrics``: everything ``/metrics`` shows, built by the agent's ``snapshot`` function
+  when Prometheus scrapes, never pushed.
+- ``AgentCollector``: a prometheus-client custom collector that turns one ``AgentMetrics`` into
+  metric families (names below, base units: seconds, no ms).
+- ``MetricsServer``: a ``ThreadingHTTPServer`` the agent owns (``start()``/``stop()``) with its
+  own ``CollectorRegistry`` (never the process-global default one): ``GET /metrics`` only,
+  any other path 404, any other method 405. A scrape whose snapshot fails answers 500 and is
+  logged; the server stays up. A failure to bind is a ``ConfigError`` naming the address.
+
+Metrics (``_total`` are counters since the agent started)::
+
+    edge_agent_frames_total                     edge_agent_fps
+    edge_agent_inference_errors_total           edge_agent_inference_latency_seconds (histogram)
+    edge_agent_frames_dropped_total             edge_agent_confidence
+    edge_agent_frames_captured_total            edge_agent_drift_score{metric,score}
+    edge_agent_sink_errors_total                edge_agent_drift_threshold{metric,score}
+    edge_agent_source_reconnects_total          edge_agent_alerts_active{kind,metric}
+    edge_agent_updates_total{outcome}           edge_agent_model_info{model,version,sha256,runtime} 1
+    edge_agent_drift_samples_total              edge_agent_uptime_seconds
+    edge_agent_drift_samples_dropped_total
+    edge_agent_drift_windows_total
+    edge_agent_metrics_write_failures_total
+
+plus prometheus-client's ``process_*`` and ``python_info`` of this process.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+
+from inference.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (seconds) of the inference latency buckets: 1 ms to 10 s, densest where edge
+#: models run (5-100 ms; 33 ms is one frame at 30 fps). ``+Inf`` is implied.
+LATENCY_BOUNDS_S: tuple[float, ...] = (
+    0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.033, 0.05,
+    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+PREFIX = "edge_agent_"
+_POLL_S = 0.1  # how often the idle listener checks for stop(): what stop() waits at most
+METRICS_PATH = "/metrics"
+
+
+# ---------------------------------------------------------------------------- latency histogram
+
+
+def _check_bounds(bounds: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(b) for b in bounds)
+    if not out or not all(math.isfinite(b) and b > 0 for b in out):
+        raise ValueError(f"histogram bounds {out!r}: must be finite positive numbers (seconds)")
+    if any(a >= b for a, b in itertools.pairwise(out)):
+        raise ValueError(f"histogram bounds {out!r}: must be strictly increasing")
+    return out
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """A histogram at one instant, in Prometheus' shape."""
+
+    bounds: tuple[float, ...]  # upper bounds in seconds; +Inf implied
+    counts: tuple[int, ...]  # cumulative, len(bounds) + 1 (the last is the count)
+    sum: float  # seconds
+
+    def __post_init__(self) -> None:
+        _check_bounds(self.bounds)
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValueError(f"histogram: {len(self.counts)} counts for {len(self.bounds)} bounds (+Inf)")
+        if any(c < 0 for c in self.counts) or any(a > b for a, b in itertools.pairwise(self.counts)):
+            raise ValueError(f"histogram counts {self.counts!r}: must be cumulative (non-decreasing, >= 0)")
+
+    @property
+    def count(self) -> int:
+        """Observations in all: the ``+Inf`` bucket."""
+        return self.counts[-1]
+
+    @classmethod
+    def empty(cls, bounds: Sequence[float] = LATENCY_BOUNDS_S) -> HistogramSnapshot:
+        """A histogram with no observations."""
+        bounds = _check_bounds(bounds)
+        return cls(bounds=bounds, counts=(0,) * (len(bounds) + 1), sum=0.0)
+
+
+class LatencyHistogram:
+    """Latencies in fixed buckets (seconds). ``observe_ms`` is O(1) (a bisect over the ~20
+    bounds, then two additions under a lock); ``snapshot`` is consistent: its count and sum
+    cover the same observations. NaN and infinities are ignored, a negative time counts as 0."""
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BOUNDS_S) -> None:
+        self.bounds = _check_bounds(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_ms(self, ms: float) -> None:
+        """Count one latency given in milliseconds."""
+        if not math.isfinite(ms):
+            return
+        seconds = max(0.0, ms / 1000.0)
+        i = bisect.bisect_left(self.bounds, seconds)  # the first bound >= seconds ("le")
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> HistogramSnapshot:
+        """The cumulative counts and the sum so far."""
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        cumulative: list[int] = []
+        running = 0
+        for c in counts:
+            running += c
+            cumulative.append(running)
+        return HistogramSnapshot(bounds=self.bounds, counts=tuple(cumulative), sum=total)
+
+
+# ---------------------------------------------------------------------------- what /metrics shows
+
+
+@dataclass(frozen=True)
+class AgentMetrics:
+    """What ``/metrics`` shows, pulled at scrape time. Counters count since the agent started."""
+
+    model: str  # "" when nothing serves (no model_info sample then)
+    version: int
+    sha256: str
+    runtime: str
+    uptime_s: float
+    frames: int
+    errors: int
+    dropped: int
+    captured: int
+    sink_errors: int
+    reconnects: int
+    fps: float
+    latency: HistogramSnapshot
+    confidence: float | None  # last window's mean confidence; None: no window yet (no sample)
+    drift: dict[tuple[str, str], tuple[float, float]]  # (metric, score) -> (value, threshold)
+    alerts_active: dict[tuple[str, str], int]  # (kind, metric) -> 1
+    updates: dict[str, int]  # outcome -> count (SUCCEEDED, FAILED, REJECTED, ...)
+    samples: int
+    samples_dropped: int
+    windows: int
+    store_failures: int
+
+
+#: (name without _total, help, AgentMetrics field) of the plain counters.
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("frames", "Frames the model ran on.", "frames"),
+    ("inference_errors", "Frames whose inference failed.", "errors"),
+    ("frames_dropped", "Frames dropped before inference (the queue was full).", "dropped"),
+    ("frames_captured", "Frames read from the source.", "captured"),
+    ("sink_errors", "Results a sink failed to write.", "sink_errors"),
+    ("source_reconnects", "Times the frame source was reopened.", "reconnects"),
+    ("drift_samples", "Frames sampled for drift statistics.", "samples"),
+    ("drift_samples_dropped", "Drift samples dropped because the monitor was behind.", "samples_dropped"),
+    ("drift_windows", "Drift windows judged.", "windows"),
+    ("metrics_write_failures", "Writes to metrics.db that failed (counted, not retried).", "store_failures"),
+)
+
+
+def families(m: AgentMetrics) -> list[Metric]:
+    """The metric families of one snapshot, in a stable order."""
+    out: list[Metric] = []
+    for name, doc, attr in _COUNTERS:
+        out.append(CounterMetricFamily(PREFIX + name, doc, value=float(getattr(m, attr))))
+    out.append(GaugeMetricFamily(PREFIX + "fps", "Frames per second, recent average.", value=m.fps))
+    les = [*(floatToGoString(b) for b in m.latency.bounds), "+Inf"]  # type: ignore[no-untyped-call]
+    buckets = [(le, float(c)) for le, c in zip(les, m.latency.counts, strict=True)]
+    out.append(
+        HistogramMetricFamily(
+            PREFIX + "inference_latency_seconds",
+            "The model's own inference time per frame.",
+            buckets=buckets,
+            sum_value=m.latency.sum,
+        )
+    )
+    conf = GaugeMetricFamily(PREFIX + "confidence", "Mean top confidence over the last drift window.")
+    if m.confidence is not None:
+        conf.add_metric([], m.confidence)
+    out.append(conf)
+    score = GaugeMetricFamily(
+        PREFIX + "drift_score",
+        "Drift score of the last window, per metric and score.",
+        labels=["metric", "score"],
+    )
+    threshold = GaugeMetricFamily(
+        PREFIX + "drift_threshold",
+        "Threshold of each drift score for the window's size (from the reference).",
+        labels=["metric", "score"],
+    )
+    for (metric, kind), (value, limit) in sorted(m.drift.items()):
+        score.add_metric([metric, kind], value)
+        threshold.add_metric([metric, kind], limit)
+    out += [score, threshold]
+    alerts = GaugeMetricFamily(
+        PREFIX + "alerts_active",
+        "1 while an alert is raised, per kind and metric.",
+        labels=["kind", "metric"],
+    )
+    for (kind, metric), active in sorted(m.alerts_active.items()):
+        alerts.add_metric([kind, metric], float(active))
+    out.append(alerts)
+    info = InfoMetricFamily(
+        PREFIX + "model", "The serving model.", labels=["model", "version", "sha256", "runtime"]
+    )
+    if m.model:
+        info.add_metric([m.model, str(m.version), m.sha256, m.runtime], {})
+    out.append(info)
+    updates = CounterMetricFamily(PREFIX + "updates", "Update jobs ended, by outcome.", labels=["outcome"])
+    for outcome, count in sorted(m.updates.items()):
+        updates.add_metric([outcome], float(count))
+    out.append(updates)
+    out.append(
+        GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the agent started.", value=m.uptime_s)
+    )
+    return out
+
+
+_EMPTY = AgentMetrics(
+    model="", version=0, sha256="", runtime="", uptime_s=0.0, frames=0, errors=0, dropped=0, captured=0,
+    sink_errors=0, reconnects=0, fps=0.0, latency=HistogramSnapshot.empty(), confidence=None, drift={},
+    alerts_active={}, updates={}, samples=0, samples_dropped=0, windows=0, store_failures=0,
+)  # fmt: skip
+
+
+class AgentCollector:
+    """A prometheus-client custom collector: ``collect()`` calls ``snapshot`` once per scrape
+    (which must be thread-safe: scrapes may overlap) and yields its families."""
+
+    def __init__(self, snapshot: Callable[[], AgentMetrics]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._snapshot())
+
+    def describe(self) -> Iterator[Metric]:
+        """The families' names and types without calling ``snapshot`` (for the registry)."""
+        yield from families(_EMPTY)
+
+
+def make_registry(snapshot: Callable[[], AgentMetrics], *, process: bool = True) -> CollectorRegistry:
+    """A registry of its own: the agent's collector, plus this process's CPU, memory and
+    Python version when ``process``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(snapshot))
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    return registry
+
+
+# ---------------------------------------------------------------------------- the listener
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 10.0  # a client that sends nothing does not hold a thread for long
+    server_version = "edge-agent-metrics"
+    sys_version = ""  # no Python version in the Server header
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != METRICS_PATH:
+            self._plain(404, f"not found: only GET {METRICS_PATH} is served\n")
+            return
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(self.server.registry)
+        except Exception as err:  # a snapshot that fails answers 500; the listener stays up
+            self.server.scrape_failed(err)
+            self._plain(500, f"metrics snapshot failed: {type(err).__name__}: {err}\n")
+            return
+        self.server.scrape_ok()
+        self._send(200, body, content_type)
+
+    def _not_allowed(self) -> None:
+        self._plain(405, f"method {self.command} not allowed: only GET {METRICS_PATH}\n", allow="GET")
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def _plain(self, code: int, text: str, *, allow: str | None = None) -> None:
+        self._send(code, text.encode("utf-8"), "text/plain; charset=utf-8", allow=allow)
+
+    def _send(self, code: int, body: bytes, content_type: str, *, allow: str | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if allow is not None:
+            self.send_header("Allow", allow)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics %s: " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, registry: CollectorRegistry):
+        self.address_family = family
+        self.registry = registry
+        self._failing = False
+        self._lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def scrape_failed(self, err: Exception) -> None:
+        with self._lock:
+            first, self._failing = not self._failing, True
+        if first:  # the traceback once, then a line per failed scrape until one succeeds
+            log.error("metrics scrape failed: %s: %s", type(err).__name__, err, exc_info=err)
+        else:
+            log.warning("metrics scrape failed again: %s: %s", type(err).__name__, err)
+
+    def scrape_ok(self) -> None:
+        with self._lock:
+            if self._failing:
+                log.info("metrics scrapes work again")
+            self._failing = False
+
+
+class MetricsServer:
+    """The agent's own read-only ``/metrics`` listener. Port 0 picks a free port; ``port`` and
+    ``url`` give the bound one after ``start()``. Usable as a context manager."""
+
+    def __init__(
+        self, address: tuple[str, int], snapshot: Callable[[], AgentMetrics], *, process: bool = True
+    ) -> None:
+        self.host, self._port = address
+        self.registry = make_registry(snapshot, process=process)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (what port 0 became), else the configured one."""
+        return self._server.server_address[1] if self._server is not None else self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{METRICS_PATH}"
+
+    def start(self) -> None:
+        """Bind and serve on a daemon thread; ``ConfigError`` when the address cannot be used."""
+        if self._server is not None:
+            raise RuntimeError("MetricsServer already started")
+        where = f"{self.host}:{self._port}"
+        fix = "pick another HOST:PORT for --metrics (or the [monitoring] config), or stop what holds it"
+        try:
+            infos = socket.getaddrinfo(self.host, self._port, type=socket.SOCK_STREAM)
+            server = _Server((self.host, self._port), infos[0][0], self.registry)
+        except (OSError, OverflowError) as err:  # gaierror is an OSError; OverflowError: port > 65535
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise ConfigError(f"cannot listen for {METRICS_PATH} on {where}: {reason}; {fix}") from None
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": _POLL_S}, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+        log.info("serving Prometheus metrics on %s", self.url)
+
+    def stop(self) -> None:
+        """Stop serving and free the port; safe to call twice."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = [
+    "LATENCY_BOUNDS_S",
+    "METRICS_PATH",
+    "AgentCollector",
+    "AgentMetrics",
+    "HistogramSnapshot",
+    "LatencyHistogram",
+    "MetricsServer",
+    "families",
+    "make_registry",
+]
