@@ -374,8 +374,8 @@ class MetricsServer:
         """Bind and serve on a daemon thread; ``ConfigError`` when the address cannot be used."""
         if self._server is not None:
             raise RuntimeError("MetricsServer already started")
-        where = f"{self.host}:{self._port}"
-        fix = "pick another HOST:PORT for --metrics (or the [monitoring] config), or stop what holds it"
+        where = f"[{self.host}]:{self._port}" if ":" in self.host else f"{self.host}:{self._port}"
+        fix = "give another HOST:PORT to --metrics (or [monitoring] metrics), or stop what holds it"
         try:
             infos = socket.getaddrinfo(self.host, self._port, type=socket.SOCK_STREAM)
             server = _Server((self.host, self._port), infos[0][0], self.registry)
