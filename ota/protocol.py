@@ -21,7 +21,8 @@ Parsers are strict and total: every payload either parses or raises ``Rejected``
 ``signature``/``key_id``, else ``malformed``) whose message names the field, what is wrong
 with it and what it must be. No other exception escapes a parser. Builders validate by the
 same rules and raise ``ValueError`` for a value no parser would take (a caller bug); free
-text (reasons, messages, labels) is cut to its limit instead.
+text (reasons, messages, labels) is cut to its limit instead, and so are the lists of drift
+evidence (scores, windows, frame ids: each builder says which it keeps).
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 #: Kinds of alerts and events: ``retrain_suggested``, ``detections``, ...
 KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 AGENT_VERSION_RE = re.compile(r"[!-~]{1,64}")
+#: Drift metrics: a family (``brightness``, ``classes``, ``confidence``, ``rate``, ...), for a
+#: per-class one ``:<label>`` (1-128 characters, no control characters; may hold ``:``).
+METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(?::[^\u0000-\u001f\u007f]{1,128})?")
+#: Drift scores: ``psi``, ``js``, ``mean_shift``, ``linf``, and any later one of this form.
+SCORE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+#: A telemetry ``drift`` key: ``<metric>:<score>`` (the score is after the last ``:``).
+DRIFT_KEY_RE = re.compile(rf"{METRIC_RE.pattern}:{SCORE_RE.pattern}")
 
 #: The largest integer every JSON implementation reads exactly (2**53 - 1); also the
 #: bound of every number in the protocol.
@@ -74,12 +82,15 @@ MAX_MESSAGE_CHARS = 1024
 MAX_WINDOW_CHARS = 128
 MAX_LABEL_CHARS = 128
 MAX_DETECTIONS = 256
+MAX_DRIFT_SCORES = 64
+MAX_WINDOWS = 64
+MAX_FRAMES = 256
 
 MAX_JOB_BYTES = 16384
 MAX_STATUS_BYTES = 4096
 MAX_STATE_BYTES = 4096
-MAX_TELEMETRY_BYTES = 4096
-MAX_ALERT_BYTES = 4096
+MAX_TELEMETRY_BYTES = 16384
+MAX_ALERT_BYTES = 32768
 MAX_EVENT_BYTES = 65536
 
 #: ``deploy`` | ``rollback`` | ``pin`` are carried out; ``sampling`` and ``capture`` parse
@@ -711,14 +722,14 @@ def _opt_int(value: object, what: str) -> int | None:
 
 
 def _built(
-    kind: str, obj: dict[str, Any], check: Callable[[Mapping[str, Any]], object], max_bytes: int
+    kind: str, obj: dict[str, Any], check: Callable[[Mapping[str, Any]], object], max_bytes: int | None
 ) -> bytes:
     try:
         check(obj)
     except _Invalid as err:
         raise ValueError(f"{kind} payload: {err}") from None
     data = _dump(obj)
-    if len(data) > max_bytes:
+    if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"{kind} payload: {len(data)} bytes; must be at most {max_bytes} bytes")
     return data
 
@@ -950,9 +961,142 @@ def parse_state(payload: bytes) -> StateMessage:
     return _parsed("state", payload, _check_state, MAX_STATE_BYTES)
 
 
+# --- telemetry and alerts: drift fields
+
+
+def _unicode(value: str, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Invalid(
+            where, "got a lone surrogate (\\ud800-\\udfff)", "must be valid Unicode text"
+        ) from None
+    return value
+
+
+_METRIC_RULE = (
+    "a drift metric: 1-64 characters from a-z 0-9 _ starting with a letter, then for one class "
+    "':' and its label (1-128 characters, no control characters)"
+)
+_SCORE_RULE = "a drift score: 1-32 characters from a-z 0-9 _, starting with a letter"
+
+
+def _metric(value: object, where: str) -> str:
+    return _unicode(_match(value, where, METRIC_RE, _METRIC_RULE), where)
+
+
+def _finite_number(obj: Mapping[str, Any], key: str) -> float:
+    value = obj[key]
+    if not _finite(value):
+        raise _Invalid(key, _got(value), f"must be a number from -{MAX_INT} to {MAX_INT}")
+    assert isinstance(value, (int, float))
+    return float(value)
+
+
+def _uint_at(value: object, where: str) -> int:
+    try:
+        return _uint({where: value}, where)
+    except _Invalid as err:
+        raise _Invalid(where, err.problem, err.rule) from None
+
+
+def _array(
+    obj: Mapping[str, Any], key: str, limit: int, what: str, item: Callable[[object, str], object]
+) -> list[Any]:
+    """``obj[key]``: an array of at most ``limit`` distinct items, each passing ``item``."""
+    value = obj[key]
+    if not isinstance(value, list) or len(value) > limit:
+        raise _Invalid(key, _got(value), f"must be an array of at most {limit} {what}, each once")
+    seen: set[object] = set()
+    for i, v in enumerate(value):
+        item(v, f"{key}[{i}]")
+        if v in seen:
+            raise _Invalid(
+                f"{key}[{i}]", f"{_short(v)} is listed twice", f"must list each of the {what} once"
+            )
+        seen.add(v)
+    return value
+
+
+WINDOW_FIELDS = ("index", "start_ts", "end_ts", "samples")
+
+
+def _check_window(obj: Mapping[str, Any]) -> None:
+    value = obj["window"]
+    if not isinstance(value, dict):
+        raise _Invalid("window", _got(value), 'must be {"index", "start_ts", "end_ts", "samples"}')
+    try:
+        _no_unknown(value, WINDOW_FIELDS, "a window")
+        _require(value, WINDOW_FIELDS, "window")
+        _uint(value, "index", " (the window's number)")
+        _number(value, "start_ts", " (Unix seconds)")
+        _number(value, "end_ts", " (Unix seconds)")
+        _uint(value, "samples", " (frames sampled for drift)")
+    except _Invalid as err:
+        raise err.inside("window") from None
+
+
+def _check_drift(obj: Mapping[str, Any]) -> None:
+    value = obj["drift"]
+    rule = f'must be an object of at most {MAX_DRIFT_SCORES} "<metric>:<score>": [value, threshold]'
+    if not isinstance(value, dict) or len(value) > MAX_DRIFT_SCORES:
+        got = f"got {len(value)} scores" if isinstance(value, dict) else _got(value)
+        raise _Invalid("drift", got, rule)
+    for key, pair in value.items():
+        where = f"drift[{_short(key)}]"
+        if DRIFT_KEY_RE.fullmatch(key) is None:
+            raise _Invalid(
+                where, "the key is not <metric>:<score>", f"must be {_METRIC_RULE}, ':' and {_SCORE_RULE}"
+            )
+        _unicode(key, where)
+        if not isinstance(pair, list) or len(pair) != 2 or not all(_finite(v) for v in pair):
+            raise _Invalid(
+                where, _got(pair), f"must be [value, threshold]: two numbers from -{MAX_INT} to {MAX_INT}"
+            )
+
+
+def _wire_number(value: object, what: str) -> float | None:
+    """A score or threshold for the wire: 6 significant digits, an infinity as ±MAX_INT (past
+    any threshold), None for NaN (a score that could not be computed)."""
+    number = float(_as_number(value, what))
+    if math.isnan(number):
+        return None
+    if math.isfinite(number):
+        number = float(f"{number:.6g}")
+    return max(-float(MAX_INT), min(float(MAX_INT), number))
+
+
+def _wire_metric(metric: object) -> str:
+    """A drift metric for the wire: a per-class label is cut to 128 characters and its control
+    characters replaced; a bad family name is a caller's bug (``ValueError``)."""
+    if not isinstance(metric, str):
+        raise ValueError(f"drift metric: {_got(metric)}; must be a string")
+    family, sep, label = metric.partition(":")
+    if sep:
+        label = re.sub(r"[\u0000-\u001f\u007f]", "\ufffd", _clean(label, MAX_LABEL_CHARS)) or "\ufffd"
+    return family + sep + label
+
+
+def _drift_json(drift: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """The scores nearest or past their thresholds first (value ÷ threshold), at most 64;
+    scores that are NaN are left out."""
+    entries: list[tuple[float, str, list[float]]] = []
+    for key, pair in drift.items():
+        metric, sep, score = str(key).rpartition(":")
+        if not sep or len(pair) != 2:
+            raise ValueError(f"drift {key!r}: must be '<metric>:<score>': [value, threshold]")
+        value, threshold = (_wire_number(v, f"drift {key!r}") for v in pair)
+        if value is None or threshold is None:
+            continue
+        ratio = value / threshold if threshold > 0 else (math.inf if value > 0 else 0.0)
+        entries.append((ratio, f"{_wire_metric(metric)}:{score}", [value, threshold]))
+    entries.sort(key=lambda e: -e[0])
+    return {key: pair for _, key, pair in entries[:MAX_DRIFT_SCORES]}
+
+
 # --- telemetry
 
-TELEMETRY_FIELDS = (
+TELEMETRY_REQUIRED = (
     "ts",
     "period_s",
     "frames",
@@ -964,17 +1108,32 @@ TELEMETRY_FIELDS = (
     "model",
     "version",
 )
+TELEMETRY_OPTIONAL = ("window", "confidence", "drift", "drifted", "reference")
+TELEMETRY_FIELDS = TELEMETRY_REQUIRED + TELEMETRY_OPTIONAL
+#: Where a window's statistics came from: the bundle's profile, one learned on the device, or
+#: none yet (learning: no drift scores).
+REFERENCES = ("bundle", "learned", "learning")
 
 
 def _check_telemetry(obj: Mapping[str, Any]) -> dict[str, Any]:
     _no_unknown(obj, TELEMETRY_FIELDS, "a telemetry message")
-    _require(obj, TELEMETRY_FIELDS, "telemetry message")
+    _require(obj, TELEMETRY_REQUIRED, "telemetry message")
     for key in ("ts", "period_s", "fps", "latency_p50_ms", "latency_p95_ms"):
         _number(obj, key)
     for key in ("frames", "dropped", "errors"):
         _uint(obj, key)
     _model(obj)
     _opt_uint(obj, "version")
+    if "window" in obj:
+        _check_window(obj)
+    if "confidence" in obj:
+        _finite_number(obj, "confidence")
+    if "drift" in obj:
+        _check_drift(obj)
+    if "drifted" in obj:
+        _array(obj, "drifted", MAX_DRIFT_SCORES, "drift metrics", _metric)
+    if "reference" in obj:
+        _choice(obj, "reference", REFERENCES)
     return dict(obj)
 
 
@@ -990,9 +1149,20 @@ def telemetry_payload(
     errors: int,
     model: str | None = None,
     version: int | None = None,
+    window: Mapping[str, Any] | None = None,
+    confidence: float | None = None,
+    drift: Mapping[str, Sequence[float]] | None = None,
+    drifted: Iterable[str] | None = None,
+    reference: str | None = None,
 ) -> bytes:
-    """One window summary."""
-    obj = {
+    """One window summary. The drift fields are left out when None: ``window`` (``index``,
+    ``start_ts``, ``end_ts``, ``samples``), ``confidence`` (also when not finite), ``drift``
+    (``{"<metric>:<score>": [value, threshold]}``, 6 significant digits: at most 64, those
+    nearest or past their thresholds first; a NaN score is left out, an infinite one sent as
+    ±2**53-1), ``drifted`` (the metrics over their thresholds, at most 64) and ``reference``.
+    A per-class metric's label is cut to 128 characters; past 16 KiB the scores furthest below
+    their thresholds are left out."""
+    obj: dict[str, Any] = {
         "ts": round(_as_number(ts, "ts"), 3),
         "period_s": _as_number(period_s, "period_s"),
         "frames": _as_int(frames, "frames"),
@@ -1004,6 +1174,31 @@ def telemetry_payload(
         "model": model,
         "version": _opt_int(version, "version"),
     }
+    if window is not None:
+        try:
+            obj["window"] = {
+                "index": _as_int(window["index"], "window.index"),
+                "start_ts": round(_as_number(window["start_ts"], "window.start_ts"), 3),
+                "end_ts": round(_as_number(window["end_ts"], "window.end_ts"), 3),
+                "samples": _as_int(window["samples"], "window.samples"),
+            }
+        except KeyError as err:
+            raise ValueError(f"window: {err} missing; must have {', '.join(WINDOW_FIELDS)}") from None
+    if confidence is not None and math.isfinite(conf := _as_number(confidence, "confidence")):
+        obj["confidence"] = conf
+    if drift is not None:
+        obj["drift"] = _drift_json(drift)
+    if drifted is not None:
+        obj["drifted"] = list(dict.fromkeys(_wire_metric(m) for m in drifted))[:MAX_DRIFT_SCORES]
+    if reference is not None:
+        obj["reference"] = reference
+    _built("telemetry", obj, _check_telemetry, None)  # every field well formed, then the size
+    while len(_dump(obj)) > MAX_TELEMETRY_BYTES and (obj.get("drift") or obj.get("drifted")):
+        if obj.get("drift"):  # the scores furthest below their thresholds go first
+            kept = list(obj["drift"].items())
+            obj["drift"] = dict(kept[: len(kept) * 3 // 4])
+        else:
+            obj["drifted"] = obj["drifted"][: len(obj["drifted"]) * 3 // 4]
     return _built("telemetry", obj, _check_telemetry, MAX_TELEMETRY_BYTES)
 
 
@@ -1014,32 +1209,100 @@ def parse_telemetry(payload: bytes) -> dict[str, Any]:
 
 # --- alerts
 
-ALERT_FIELDS = ("ts", "kind", "message", "model", "version")
+ALERT_REQUIRED = ("ts", "kind", "message", "model", "version")
+ALERT_OPTIONAL = (
+    "metric",
+    "score",
+    "value",
+    "threshold",
+    "state",
+    "windows",
+    "start_ts",
+    "end_ts",
+    "frames",
+    "reference",
+)
+ALERT_FIELDS = ALERT_REQUIRED + ALERT_OPTIONAL
+ALERT_STATES = ("raised", "cleared")
 
 
 def _check_alert(obj: Mapping[str, Any]) -> dict[str, Any]:
     _no_unknown(obj, ALERT_FIELDS, "an alert")
-    _require(obj, ALERT_FIELDS, "alert")
+    _require(obj, ALERT_REQUIRED, "alert")
     _number(obj, "ts", " (Unix seconds)")
     _match(obj["kind"], "kind", KIND_RE, "1-64 characters from a-z 0-9 _, starting with a letter")
     _text(obj, "message", MAX_MESSAGE_CHARS)
     _model(obj)
     _opt_uint(obj, "version")
+    if "metric" in obj:
+        _metric(obj["metric"], "metric")
+    if "score" in obj:
+        _match(obj["score"], "score", SCORE_RE, _SCORE_RULE)
+    for key in ("value", "threshold"):
+        if key in obj:
+            _finite_number(obj, key)
+    if "state" in obj:
+        _choice(obj, "state", ALERT_STATES)
+    if "windows" in obj:
+        _array(obj, "windows", MAX_WINDOWS, f"window numbers (integers from 0 to {MAX_INT})", _uint_at)
+    for key in ("start_ts", "end_ts"):
+        if key in obj:
+            _number(obj, key, " (Unix seconds)")
+    if "frames" in obj:
+        _array(obj, "frames", MAX_FRAMES, "frame ids (1-64 characters from A-Z a-z 0-9 . _ -)", _id)
+    if "reference" in obj:
+        _choice(obj, "reference", REFERENCES)
     return dict(obj)
 
 
 def alert_payload(
-    *, ts: float, kind: str, message: str, model: str | None = None, version: int | None = None
+    *,
+    ts: float,
+    kind: str,
+    message: str,
+    model: str | None = None,
+    version: int | None = None,
+    metric: str | None = None,
+    score: str | None = None,
+    value: float | None = None,
+    threshold: float | None = None,
+    state: str | None = None,
+    windows: Iterable[int] | None = None,
+    start_ts: float | None = None,
+    end_ts: float | None = None,
+    frames: Iterable[str] | None = None,
+    reference: str | None = None,
 ) -> bytes:
-    """A drift or decay alert (``kind`` e.g. ``retrain_suggested``); ``message`` is cut at 1024."""
-    obj = {
+    """A drift or decay alert (``kind`` e.g. ``retrain_suggested``); ``message`` is cut at 1024.
+    The evidence is left out when None: ``metric``, ``score``, ``value`` and ``threshold``
+    (6 significant digits; left out when NaN, an infinity sent as ±2**53-1), ``state``
+    (raised | cleared), ``windows`` (the last 64 window numbers), ``start_ts``, ``end_ts``,
+    ``frames`` (ids of frames collected in those windows, the latest 256) and ``reference``."""
+    obj: dict[str, Any] = {
         "ts": round(_as_number(ts, "ts"), 3),
         "kind": kind,
         "message": _clean(message, MAX_MESSAGE_CHARS, MAX_ALERT_BYTES // 2),
         "model": model,
         "version": _opt_int(version, "version"),
     }
-    return _built("alert", obj, _check_alert, MAX_ALERT_BYTES)
+    wire_value = None if value is None else _wire_number(value, "value")
+    wire_threshold = None if threshold is None else _wire_number(threshold, "threshold")
+    optional: dict[str, Any] = {
+        "metric": None if metric is None else _wire_metric(metric),
+        "score": score,
+        "value": wire_value,
+        "threshold": wire_threshold,
+        "state": state,
+        "windows": None
+        if windows is None
+        else list(dict.fromkeys(_as_int(w, "windows") for w in windows))[-MAX_WINDOWS:],
+        "start_ts": None if start_ts is None else round(_as_number(start_ts, "start_ts"), 3),
+        "end_ts": None if end_ts is None else round(_as_number(end_ts, "end_ts"), 3),
+        "frames": None if frames is None else list(dict.fromkeys(frames))[-MAX_FRAMES:],
+        "reference": reference,
+    }
+    obj.update({k: v for k, v in optional.items() if v is not None})
+    return _built("alert", obj, _check_alert, MAX_ALERT_BYTES)  # 256 frame ids and all else fit
 
 
 def parse_alert(payload: bytes) -> dict[str, Any]:
@@ -1156,6 +1419,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "ALERT_STATES",
     "DEFAULT_PREFIX",
     "DETAILS",
     "ID_RE",
@@ -1169,6 +1433,7 @@ __all__ = [
     "MAX_TELEMETRY_BYTES",
     "OFFLINE_STATE",
     "PHASES",
+    "REFERENCES",
     "SCHEMAS",
     "STATUSES",
     "STEP_NAMES",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -878,6 +879,263 @@ def test_alert_payload() -> None:
         assert not schema_ok("alerts", {**obj, "kind": kind})
 
 
+# --- the drift fields of telemetry and alerts
+
+BASE_TELEMETRY: dict[str, Any] = {
+    "ts": 1_700_000_060.0, "period_s": 60.0, "frames": 1800, "fps": 30.0, "latency_p50_ms": 12.5,
+    "latency_p95_ms": 20.25, "dropped": 0, "errors": 0, "model": "det", "version": 7,
+}  # fmt: skip
+WINDOW = {"index": 12, "start_ts": 1_700_000_000.0, "end_ts": 1_700_000_060.0, "samples": 60}
+
+
+def _telemetry(**over: Any) -> dict[str, Any]:
+    payload = P.telemetry_payload(
+        **BASE_TELEMETRY,
+        window=WINDOW,
+        confidence=0.82,
+        drift={"brightness:psi": [0.31, 0.2], "confidence:face:mean_shift": [-1.5, 3.0]},
+        drifted=["brightness"],
+        reference="bundle",
+    )
+    return {**assert_valid("telemetry", payload), **over}
+
+
+def test_telemetry_with_drift_validates_and_parses_back() -> None:
+    obj = _telemetry()
+    assert P.parse_telemetry(raw(obj)) == obj
+    assert obj["window"] == WINDOW and obj["confidence"] == 0.82 and obj["reference"] == "bundle"
+    assert obj["drift"] == {"brightness:psi": [0.31, 0.2], "confidence:face:mean_shift": [-1.5, 3.0]}
+    assert obj["drifted"] == ["brightness"]
+    plain = P.telemetry_payload(**BASE_TELEMETRY)  # the old call: no drift field, not even null
+    assert sorted(json.loads(plain)) == sorted(P.TELEMETRY_REQUIRED)
+    learning = P.telemetry_payload(
+        **BASE_TELEMETRY, window=WINDOW, drift={}, drifted=[], reference="learning"
+    )
+    assert P.parse_telemetry(learning)["drift"] == {}
+
+
+def test_telemetry_builder_ranks_rounds_and_cuts_the_scores() -> None:
+    drift: dict[str, tuple[float, float]] = {f"m{i}:psi": (i / 1000, 0.1) for i in range(100)}
+    drift["sharpness:mean_shift"] = (math.inf, 3.0)  # reference sigma 0: past any threshold
+    drift["contrast:js"] = (math.nan, 0.1)  # could not be computed: left out
+    drift["brightness:psi"] = (0.123456789, 0.2)
+    obj = assert_valid("telemetry", P.telemetry_payload(**BASE_TELEMETRY, drift=drift, confidence=math.nan))
+    assert "confidence" not in obj  # NaN: no window mean to give
+    keys = list(obj["drift"])
+    assert len(keys) == P.MAX_DRIFT_SCORES
+    assert keys[0] == "sharpness:mean_shift" and obj["drift"][keys[0]] == [P.MAX_INT, 3.0]
+    assert keys[1] == "m99:psi" and "m35:psi" not in keys and "contrast:js" not in keys  # nearest first
+    assert obj["drift"]["brightness:psi"] == [0.123457, 0.2]  # 6 significant digits
+
+
+def test_telemetry_builder_cleans_labels_and_fits_the_size_limit() -> None:
+    label = "é\t" * 200  # a label past 128 characters, with control characters, 2 bytes a character
+    drift = {f"confidence:{i}{label}:psi": (1.0 + i, 0.5) for i in range(64)}
+    payload = P.telemetry_payload(**BASE_TELEMETRY, drift=drift, drifted=[f"confidence:{label}"])
+    obj = assert_valid("telemetry", payload)
+    assert len(payload) <= P.MAX_TELEMETRY_BYTES
+    assert 0 < len(obj["drift"]) < 64
+    assert next(iter(obj["drift"])).startswith("confidence:63é\ufffd")  # the furthest past its threshold kept
+    assert all(len(k.split(":")[1]) == P.MAX_LABEL_CHARS for k in obj["drift"])
+    assert obj["drifted"] == [f"confidence:{('é' + chr(0xFFFD)) * 63}é…"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window": {"index": 1, "start_ts": 0}},
+        {"window": {**WINDOW, "index": -1}},
+        {"drift": {"brightness": [0.1, 0.2]}},
+        {"drift": {"Brightness:psi": [0.1, 0.2]}},
+        {"drift": {"brightness:psi": [0.1]}},
+        {"drift": {"brightness:PSI": [0.1, 0.2]}},
+        {"drifted": ["Brightness"]},
+        {"reference": "bundled"},
+        {"confidence": "high"},
+    ],
+)
+def test_telemetry_payload_refuses_a_callers_mistake(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        P.telemetry_payload(**BASE_TELEMETRY, **kwargs)
+
+
+def _drift(n: int) -> dict[str, list[float]]:
+    return {f"m{i}:psi": [0.1, 0.2] for i in range(n)}
+
+
+TELEMETRY_CASES: list[tuple[str, Any, str | None]] = [
+    ("good", _telemetry(), None),
+    ("good-plain", dict(BASE_TELEMETRY), None),
+    ("good-64-scores", _telemetry(drift=_drift(64)), None),
+    (
+        "good-per-class",
+        _telemetry(drift={"rate:traffic light:linf": [0.5, 0.25]}, drifted=["rate:a:b"]),
+        None,
+    ),
+    ("good-negative", _telemetry(confidence=-2.5, drift={"confidence:mean_shift": [-4, 3]}), None),
+    ("good-integers", _telemetry(confidence=1, drift={"classes:linf": [1, 0]}), None),
+    ("unknown-field", _telemetry(scores={}), "scores"),
+    ("missing-fps", {k: v for k, v in _telemetry().items() if k != "fps"}, "fps"),
+    ("window-null", _telemetry(window=None), "window"),
+    ("window-list", _telemetry(window=[1, 2]), "window"),
+    ("window-missing", _telemetry(window={"index": 1, "start_ts": 0, "end_ts": 1}), "window.samples"),
+    ("window-extra", _telemetry(window={**WINDOW, "frames": 3}), "window.frames"),
+    ("window-index-float", _telemetry(window={**WINDOW, "index": 1.5}), "window.index"),
+    ("window-start-negative", _telemetry(window={**WINDOW, "start_ts": -1}), "window.start_ts"),
+    ("window-samples-bool", _telemetry(window={**WINDOW, "samples": True}), "window.samples"),
+    ("confidence-null", _telemetry(confidence=None), "confidence"),
+    ("confidence-string", _telemetry(confidence="0.5"), "confidence"),
+    ("confidence-huge", _telemetry(confidence=1e16), "confidence"),
+    ("drift-list", _telemetry(drift=[["brightness:psi", 0.1, 0.2]]), "drift"),
+    ("drift-65", _telemetry(drift=_drift(65)), "drift"),
+    ("drift-no-score", _telemetry(drift={"brightness": [0.1, 0.2]}), "drift['brightness']"),
+    ("drift-upper", _telemetry(drift={"Brightness:psi": [0.1, 0.2]}), "drift['Brightness:psi']"),
+    ("drift-empty-label", _telemetry(drift={"rate::psi": [0.1, 0.2]}), "drift['rate::psi']"),
+    ("drift-control", _telemetry(drift={"rate:a\nb:psi": [0.1, 0.2]}), "drift['rate:a\\nb:psi']"),
+    ("drift-label-long", _telemetry(drift={f"rate:{'x' * 129}:psi": [0.1, 0.2]}), "drift["),
+    ("drift-score-long", _telemetry(drift={f"rate:{'x' * 33}": [0.1, 0.2]}), "drift["),
+    ("drift-one-number", _telemetry(drift={"brightness:psi": [0.1]}), "drift['brightness:psi']"),
+    ("drift-three", _telemetry(drift={"brightness:psi": [0.1, 0.2, 0.3]}), "drift['brightness:psi']"),
+    ("drift-null", _telemetry(drift={"brightness:psi": [None, 0.2]}), "drift['brightness:psi']"),
+    ("drift-bool", _telemetry(drift={"brightness:psi": [True, 0.2]}), "drift['brightness:psi']"),
+    ("drift-huge", _telemetry(drift={"brightness:psi": [0.1, -1e16]}), "drift['brightness:psi']"),
+    ("drift-object", _telemetry(drift={"brightness:psi": {"value": 0.1}}), "drift['brightness:psi']"),
+    ("drifted-string", _telemetry(drifted="brightness"), "drifted"),
+    ("drifted-65", _telemetry(drifted=[f"m{i}" for i in range(65)]), "drifted"),
+    ("drifted-twice", _telemetry(drifted=["brightness", "brightness"]), "drifted[1]"),
+    ("drifted-bad", _telemetry(drifted=["brightness", "a b"]), "drifted[1]"),
+    ("drifted-int", _telemetry(drifted=[1]), "drifted[0]"),
+    ("reference-bad", _telemetry(reference="none"), "reference"),
+    ("reference-null", _telemetry(reference=None), "reference"),
+]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"), [c[1:] for c in TELEMETRY_CASES], ids=[c[0] for c in TELEMETRY_CASES]
+)
+def test_telemetry_parser_and_schema_agree(obj: Any, field: str | None) -> None:
+    assert schema_ok("telemetry", obj) == (field is None)
+    if field is None:
+        assert P.parse_telemetry(raw(obj)) == obj
+        return
+    with pytest.raises(Rejected, match=f"^{re.escape(field)}") as info:
+        P.parse_telemetry(raw(obj))
+    assert info.value.reason == "malformed"
+
+
+def test_telemetry_parser_only_rules() -> None:
+    """What the schema cannot say: an integer written 1.0, a key twice, a lone surrogate."""
+    for bad in (
+        raw(_telemetry(window={**WINDOW, "index": 1.0})),
+        raw(_telemetry()).replace(b'"drift": {', b'"drift": {"brightness:psi": [0, 0], '),
+        raw(_telemetry(drift={"rate:x:psi": [0, 0]})).replace(b"rate:x", b"rate:\\udc80"),
+    ):
+        with pytest.raises(Rejected) as info:
+            P.parse_telemetry(bad)
+        assert info.value.reason == "malformed"
+    assert P.parse_telemetry(raw(_telemetry(drift={"rate:😀:psi": [0, 0]})))  # a pair is fine
+
+
+def _alert(**over: Any) -> dict[str, Any]:
+    payload = P.alert_payload(
+        ts=1_700_000_200.0,
+        kind="retrain_suggested",
+        message="confidence of face fell 3.1 sigma below the reference over windows 10-12",
+        model="det",
+        version=7,
+        metric="confidence:face",
+        score="mean_shift",
+        value=-3.1,
+        threshold=3.0,
+        state="raised",
+        windows=[10, 11, 12],
+        start_ts=1_700_000_000.0,
+        end_ts=1_700_000_180.0,
+        frames=["f-0001", "f-0002"],
+        reference="learned",
+    )
+    return {**assert_valid("alerts", payload), **over}
+
+
+def test_alert_with_evidence_validates_and_parses_back() -> None:
+    obj = _alert()
+    assert P.parse_alert(raw(obj)) == obj
+    assert (obj["metric"], obj["score"], obj["value"], obj["threshold"]) == (
+        "confidence:face",
+        "mean_shift",
+        -3.1,
+        3.0,
+    )
+    assert (obj["state"], obj["windows"], obj["frames"], obj["reference"]) == (
+        "raised", [10, 11, 12], ["f-0001", "f-0002"], "learned",
+    )  # fmt: skip
+    plain = P.alert_payload(ts=5, kind="drift", message="m")  # the old call: no evidence, not even null
+    assert sorted(json.loads(plain)) == sorted(P.ALERT_REQUIRED)
+
+
+def test_alert_builder_keeps_the_latest_windows_and_frames() -> None:
+    frames = [f"{i:064x}" for i in range(400)] + ["0" * 64]  # sha256-long ids, one twice
+    payload = P.alert_payload(
+        ts=5, kind="retrain_suggested", message="m" * 5000, metric="brightness", score="psi",
+        value=math.inf, threshold=math.nan, windows=[*range(100), 99], frames=frames,
+    )  # fmt: skip
+    obj = assert_valid("alerts", payload)
+    assert P.parse_alert(payload) == obj
+    assert obj["windows"] == list(range(36, 100))
+    assert obj["frames"] == frames[400 - P.MAX_FRAMES : 400]
+    assert obj["value"] == P.MAX_INT and "threshold" not in obj  # infinite: past any; NaN: none
+    for kwargs in (
+        {"state": "open"},
+        {"frames": ["a/b"]},
+        {"score": "PSI"},
+        {"windows": [-1]},
+        {"metric": "x y"},
+    ):
+        with pytest.raises(ValueError):
+            P.alert_payload(ts=5, kind="drift", message="m", **kwargs)
+
+
+ALERT_CASES: list[tuple[str, Any, str | None]] = [
+    ("good", _alert(), None),
+    ("good-plain", json.loads(P.alert_payload(ts=5, kind="drift", message="m")), None),
+    ("good-cleared", _alert(state="cleared", windows=[], frames=[]), None),
+    ("good-256-frames", _alert(frames=[f"f{i}" for i in range(256)]), None),
+    ("unknown-field", _alert(evidence={}), "evidence"),
+    ("metric-null", _alert(metric=None), "metric"),
+    ("metric-upper", _alert(metric="Brightness"), "metric"),
+    ("metric-with-score", _alert(metric="brightness:"), "metric"),
+    ("score-colon", _alert(score="mean:shift"), "score"),
+    ("score-empty", _alert(score=""), "score"),
+    ("value-string", _alert(value="3"), "value"),
+    ("value-huge", _alert(value=-1e16), "value"),
+    ("threshold-null", _alert(threshold=None), "threshold"),
+    ("state-bad", _alert(state="RAISED"), "state"),
+    ("windows-object", _alert(windows={"0": 1}), "windows"),
+    ("windows-65", _alert(windows=list(range(65))), "windows"),
+    ("windows-negative", _alert(windows=[1, -1]), "windows[1]"),
+    ("windows-float", _alert(windows=[1.5]), "windows[0]"),
+    ("windows-twice", _alert(windows=[3, 3]), "windows[1]"),
+    ("start-negative", _alert(start_ts=-5), "start_ts"),
+    ("end-string", _alert(end_ts="later"), "end_ts"),
+    ("frames-257", _alert(frames=[f"f{i}" for i in range(257)]), "frames"),
+    ("frames-bad-id", _alert(frames=["f1", "../x"]), "frames[1]"),
+    ("frames-long-id", _alert(frames=["f" * 65]), "frames[0]"),
+    ("frames-twice", _alert(frames=["f1", "f1"]), "frames[1]"),
+    ("reference-bad", _alert(reference="reference"), "reference"),
+]
+
+
+@pytest.mark.parametrize(("obj", "field"), [c[1:] for c in ALERT_CASES], ids=[c[0] for c in ALERT_CASES])
+def test_alert_parser_and_schema_agree(obj: Any, field: str | None) -> None:
+    assert schema_ok("alerts", obj) == (field is None)
+    if field is None:
+        assert P.parse_alert(raw(obj)) == obj
+        return
+    with pytest.raises(Rejected, match=f"^{re.escape(field)}: ") as info:
+        P.parse_alert(raw(obj))
+    assert info.value.reason == "malformed"
+
+
 def test_event_payload() -> None:
     dets: list[Detection | dict[str, Any]] = [
         Detection("face", 0.9, (1.0, 2.0, 3.0, 4.0)),
@@ -941,8 +1199,15 @@ def test_schemas_are_draft_2020_12_and_closed(name: str) -> None:
             for value in node:
                 yield from objects(value)
 
+    def closed(o: dict[str, Any]) -> bool:
+        """No field the parser does not know: a record lists its fields; a map (telemetry's
+        ``drift``) bounds its keys by a pattern and their number."""
+        if "propertyNames" in o:
+            return "pattern" in o["propertyNames"] and "maxProperties" in o and "properties" not in o
+        return o.get("additionalProperties") is False
+
     found = list(objects(schema))
-    assert found and all(o.get("additionalProperties") is False for o in found)
+    assert found and all(closed(o) for o in found)
 
 
 def test_load_schema_refuses_unknown_names() -> None:
@@ -985,8 +1250,27 @@ def test_schemas_carry_the_modules_constants() -> None:
     online = state["$defs"]["online"]["properties"]
     assert online["phase"]["enum"] == list(P.PHASES) == [s.value for s in State]
     assert sorted(online) == sorted(P.STATE_FIELDS)
-    assert sorted(P.load_schema("telemetry")["properties"]) == sorted(P.TELEMETRY_FIELDS)
-    assert sorted(P.load_schema("alerts")["properties"]) == sorted(P.ALERT_FIELDS)
+    telemetry, alerts = P.load_schema("telemetry"), P.load_schema("alerts")
+    tp, ap = telemetry["properties"], alerts["properties"]
+    assert sorted(tp) == sorted(P.TELEMETRY_FIELDS)
+    assert telemetry["required"] == list(P.TELEMETRY_REQUIRED)
+    assert sorted(ap) == sorted(P.ALERT_FIELDS)
+    assert alerts["required"] == list(P.ALERT_REQUIRED)
+    metric = f"^{P.METRIC_RE.pattern}$"
+    assert telemetry["$defs"]["metric"]["pattern"] == ap["metric"]["pattern"] == metric
+    assert tp["drift"]["propertyNames"]["pattern"] == f"^{P.DRIFT_KEY_RE.pattern}$"
+    assert P.DRIFT_KEY_RE.pattern == f"{P.METRIC_RE.pattern}:{P.SCORE_RE.pattern}"
+    assert ap["score"]["pattern"] == f"^{P.SCORE_RE.pattern}$"
+    assert ap["frames"]["items"]["pattern"] == f"^{P.ID_RE.pattern}$"
+    assert tp["drift"]["maxProperties"] == tp["drifted"]["maxItems"] == P.MAX_DRIFT_SCORES
+    assert ap["windows"]["maxItems"] == P.MAX_WINDOWS and ap["frames"]["maxItems"] == P.MAX_FRAMES
+    assert tp["reference"]["enum"] == ap["reference"]["enum"] == list(P.REFERENCES)
+    assert ap["state"]["enum"] == list(P.ALERT_STATES)
+    assert sorted(tp["window"]["properties"]) == sorted(P.WINDOW_FIELDS) == sorted(tp["window"]["required"])
+    for schema in (telemetry, alerts):
+        assert schema["$defs"]["finite"]["maximum"] == -schema["$defs"]["finite"]["minimum"] == P.MAX_INT
+    assert f"At most {P.MAX_TELEMETRY_BYTES} bytes" in telemetry["description"]
+    assert f"At most {P.MAX_ALERT_BYTES} bytes" in alerts["description"]
     events = P.load_schema("events")
     assert sorted(events["properties"]) == sorted(P.EVENT_FIELDS)
     assert events["properties"]["detections"]["maxItems"] == P.MAX_DETECTIONS
@@ -1051,5 +1335,14 @@ def test_the_docs_name_every_schema_reason_step_and_phase() -> None:
         assert f"ota/schemas/{name}.schema.json" in text, name
     for code in REJECT_REASONS:
         assert f"| `{code}` |" in text, code
-    for word in (*P.STEP_NAMES, *P.DETAILS, *P.PHASES, *P.STATUSES, *P.JOB_ACTIONS, *P.JOB_FIELDS):
+    drift_words = (*P.TELEMETRY_FIELDS, *P.WINDOW_FIELDS, *P.ALERT_FIELDS, *P.REFERENCES, *P.ALERT_STATES)
+    for word in (
+        *P.STEP_NAMES,
+        *P.DETAILS,
+        *P.PHASES,
+        *P.STATUSES,
+        *P.JOB_ACTIONS,
+        *P.JOB_FIELDS,
+        *drift_words,
+    ):
         assert f"`{word}`" in text, word

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ota import protocol as P
 from ota.errors import REJECT_REASONS, Rejected
-from tests.test_protocol import _online, _status, deploy, pin, rollback, schema_ok
+from tests.test_protocol import _alert, _online, _status, _telemetry, deploy, pin, rollback, schema_ok
 
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,6 +148,72 @@ urls = st.builds(
 )
 agent_versions = st.text(alphabet=PRINTABLE, min_size=1, max_size=64)
 uints = st.integers(0, P.MAX_INT)
+LOWER = "abcdefghijklmnopqrstuvwxyz"
+#: Class labels: anything but C0 controls and DEL (C1 controls, emoji, ':' and spaces are fine).
+labels = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters=[*map(chr, range(32)), "\x7f"]),
+    min_size=1,
+    max_size=128,
+)
+families = _joined(LOWER, LOWER + "0123456789_", 63)
+metrics = st.builds(lambda f, label: f if label is None else f"{f}:{label}", families, st.none() | labels)
+scores = _joined(LOWER, LOWER + "0123456789_", 31)
+finites = (
+    st.floats(-1e6, 1e6) | st.integers(-(2**40), 2**40) | st.sampled_from((math.inf, -math.inf, math.nan))
+)
+timestamps = st.floats(0, 4e9)
+
+
+@st.composite
+def telemetries(draw: st.DrawFn) -> dict[str, Any]:
+    """The keyword arguments of a telemetry message with any of its drift fields."""
+    kwargs: dict[str, Any] = {
+        "ts": draw(timestamps), "period_s": draw(st.floats(0, 3600)), "frames": draw(uints),
+        "fps": draw(st.floats(0, 1000)), "latency_p50_ms": draw(st.floats(0, 1e4)),
+        "latency_p95_ms": draw(st.floats(0, 1e4)), "dropped": draw(uints), "errors": draw(uints),
+        "model": draw(st.none() | models), "version": draw(st.none() | uints),
+    }  # fmt: skip
+    optional = {
+        "window": st.fixed_dictionaries(
+            {"index": uints, "start_ts": timestamps, "end_ts": timestamps, "samples": uints}
+        ),
+        "confidence": finites,
+        "drift": st.dictionaries(
+            st.builds(lambda m, s: f"{m}:{s}", metrics, scores), st.tuples(finites, finites), max_size=80
+        ),
+        "drifted": st.lists(metrics, max_size=80),
+        "reference": st.sampled_from(P.REFERENCES),
+    }
+    for key, strategy in optional.items():
+        if draw(st.booleans()):
+            kwargs[key] = draw(strategy)
+    return kwargs
+
+
+@st.composite
+def alerts(draw: st.DrawFn) -> dict[str, Any]:
+    """The keyword arguments of an alert with any of its evidence."""
+    kwargs: dict[str, Any] = {
+        "ts": draw(timestamps), "kind": draw(_joined(LOWER, LOWER + "0123456789_", 63)),
+        "message": draw(st.text(max_size=1500)), "model": draw(st.none() | models),
+        "version": draw(st.none() | uints),
+    }  # fmt: skip
+    optional = {
+        "metric": metrics,
+        "score": scores,
+        "value": finites,
+        "threshold": finites,
+        "state": st.sampled_from(P.ALERT_STATES),
+        "windows": st.lists(uints, max_size=100),
+        "start_ts": timestamps,
+        "end_ts": timestamps,
+        "frames": st.lists(ids, max_size=300),
+        "reference": st.sampled_from(P.REFERENCES),
+    }
+    for key, strategy in optional.items():
+        if draw(st.booleans()):
+            kwargs[key] = draw(strategy)
+    return kwargs
 
 
 @st.composite
@@ -240,8 +308,15 @@ def parser_only_rule_applies(kind: str, obj: dict[str, Any], payload: bytes) -> 
         "job": ("issued_at", "expires_at", "release_counter", "version"),
         "status": ("version", "seq"),
         "state": ("version",),
+        "telemetry": ("frames", "dropped", "errors", "version"),
+        "alerts": ("version",),
     }[kind]
     if any(_integral_float(obj.get(k)) for k in ints):
+        return True
+    window, windows = obj.get("window"), obj.get("windows")
+    if isinstance(window, dict) and any(_integral_float(window.get(k)) for k in ("index", "samples")):
+        return True
+    if isinstance(windows, list) and any(_integral_float(w) for w in windows):
         return True
     if kind == "job":
         issued, expires = obj.get("issued_at"), obj.get("expires_at")
@@ -390,6 +465,37 @@ def test_state_with_one_thing_wrong(payload: bytes, data: st.DataObject) -> None
     assert_agree("state", data.draw(st.composite(lambda draw: mutate(draw, obj, P.STATE_FIELDS))()))
 
 
+@FUZZ
+@given(telemetries(), st.data())
+def test_telemetry_with_one_thing_wrong(kwargs: dict[str, Any], data: st.DataObject) -> None:
+    obj = json.loads(P.telemetry_payload(**kwargs))
+    where = data.draw(st.sampled_from(("top", "window", "drift")))
+    if where == "window" and "window" in obj:
+        obj["window"] = data.draw(st.composite(lambda draw: mutate(draw, obj["window"], P.WINDOW_FIELDS))())
+    elif where == "drift" and obj.get("drift"):
+        key = data.draw(st.sampled_from(sorted(obj["drift"])))
+        pair = list(obj["drift"][key])
+        pair[data.draw(st.integers(0, 1))] = data.draw(VALUES)
+        obj["drift"] = {**obj["drift"], data.draw(st.just(key) | st.text(max_size=12)): pair}
+    else:
+        obj = data.draw(st.composite(lambda draw: mutate(draw, obj, P.TELEMETRY_FIELDS))())
+    assert_agree("telemetry", obj)
+
+
+@FUZZ
+@given(alerts(), st.data())
+def test_alert_with_one_thing_wrong(kwargs: dict[str, Any], data: st.DataObject) -> None:
+    obj = json.loads(P.alert_payload(**kwargs))
+    for key in ("windows", "frames"):
+        if obj.get(key) and data.draw(st.integers(0, 3)) == 0:
+            items = list(obj[key])
+            items[data.draw(st.integers(0, len(items) - 1))] = data.draw(VALUES)
+            obj[key] = items
+            assert_agree("alerts", obj)
+            return
+    assert_agree("alerts", data.draw(st.composite(lambda draw: mutate(draw, obj, P.ALERT_FIELDS))()))
+
+
 def test_every_field_with_every_edge_value() -> None:
     """Exhaustive where random mutation is thin: each field of a few valid messages deleted
     or replaced by each edge value (a bool where an integer goes, 1.0, 2**53, "group", ...)."""
@@ -402,6 +508,8 @@ def test_every_field_with_every_edge_value() -> None:
         ("status", _status(status="REJECTED", step=None, reason="replay: seen"), P.STATUS_FIELDS),
         ("status", _status(status="FAILED", step=None, detail="rolled_back"), P.STATUS_FIELDS),
         ("state", _online(), P.STATE_FIELDS),
+        ("telemetry", _telemetry(), P.TELEMETRY_FIELDS),
+        ("alerts", _alert(), P.ALERT_FIELDS),
     ]
     checked = 0
     for kind, base, fields in bases:
@@ -415,7 +523,22 @@ def test_every_field_with_every_edge_value() -> None:
                 target = {"devices": [value]} if "devices" in base["target"] else {"group": value}
                 assert_agree(kind, {**base, "target": target})
                 assert_agree(kind, {**base, "target": {**base["target"], "extra": value}})
-    assert checked > 4000
+        if kind == "telemetry":
+            for key in (*P.WINDOW_FIELDS, "extra"):
+                window = {k: v for k, v in base["window"].items() if k != key}
+                assert_agree(kind, {**base, "window": window})
+                for value in EDGE_VALUES:
+                    assert_agree(kind, {**base, "window": {**base["window"], key: value}})
+            for value in EDGE_VALUES:
+                assert_agree(kind, {**base, "drift": {"brightness:psi": [value, 0.5]}})
+                if isinstance(value, str):
+                    assert_agree(kind, {**base, "drift": {value: [0.1, 0.5]}})
+                assert_agree(kind, {**base, "drifted": [value]})
+        if kind == "alerts":
+            for value in EDGE_VALUES:
+                assert_agree(kind, {**base, "windows": [1, value]})
+                assert_agree(kind, {**base, "frames": ["f1", value]})
+    assert checked > 5000
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -479,3 +602,42 @@ def test_any_reason_text_makes_a_status_that_parses(reason: str, status: str) ->
     payload = P.status_payload(job_id="j", status=status, step=step, reason=reason, ts=1, seq=1)
     assert P.parse_status(payload).status.value == status
     assert schema_ok("status", json.loads(payload))
+
+
+@FUZZ
+@given(telemetries())
+def test_telemetry_round_trip(kwargs: dict[str, Any]) -> None:
+    payload = P.telemetry_payload(**kwargs)
+    assert len(payload) <= P.MAX_TELEMETRY_BYTES
+    obj = P.parse_telemetry(payload)
+    assert schema_ok("telemetry", obj) and obj == json.loads(payload)
+    assert obj["frames"] == kwargs["frames"] and obj["model"] == kwargs["model"]
+    assert ("window" in obj) == ("window" in kwargs) and ("reference" in obj) == ("reference" in kwargs)
+    if "drift" in kwargs:
+        computable = {k for k, (v, t) in kwargs["drift"].items() if not (math.isnan(v) or math.isnan(t))}
+        assert len(obj["drift"]) <= min(len(computable), P.MAX_DRIFT_SCORES)
+        if all(len(k.encode()) < 150 for k in computable) and len(computable) <= P.MAX_DRIFT_SCORES:
+            assert set(obj["drift"]) == computable  # short keys all fit: none lost, none renamed
+    if "drifted" in kwargs:
+        assert len(obj["drifted"]) <= min(len(set(kwargs["drifted"])), P.MAX_DRIFT_SCORES)
+
+
+@FUZZ
+@given(alerts())
+def test_alert_round_trip(kwargs: dict[str, Any]) -> None:
+    payload = P.alert_payload(**kwargs)
+    assert len(payload) <= P.MAX_ALERT_BYTES
+    obj = P.parse_alert(payload)
+    assert schema_ok("alerts", obj) and obj == json.loads(payload)
+    if "metric" in kwargs:
+        assert obj["metric"] == kwargs["metric"]
+    if "frames" in kwargs:
+        assert obj["frames"] == list(dict.fromkeys(kwargs["frames"]))[-P.MAX_FRAMES :]
+    if "windows" in kwargs:
+        assert obj["windows"] == list(dict.fromkeys(kwargs["windows"]))[-P.MAX_WINDOWS :]
+    for key in ("value", "threshold"):
+        if key in kwargs:
+            v = kwargs[key]
+            assert (key in obj) == (not math.isnan(v))
+            if key in obj and math.isfinite(v):
+                assert obj[key] == pytest.approx(v, rel=1e-5)
