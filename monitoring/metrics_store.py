@@ -334,6 +334,39 @@ class MetricsQueries:
             "reading drift scores",
         )
 
+    def drift_series(
+        self, since: float, until: float | None = None
+    ) -> dict[tuple[str, str], tuple[list[float], list[float | None], list[float | None]]]:
+        """The drift scores of ``[since, until)`` by (metric, score): (times, values, thresholds).
+        Lean (no dict per row) for plotting a week of windows."""
+        where, args = self._range("ts", since, until)
+        out: dict[tuple[str, str], tuple[list[float], list[float | None], list[float | None]]] = {}
+        with self._reading("reading drift scores") as conn:
+            if not self._has(conn, "drift"):
+                return out
+            cur = conn.execute(
+                f"SELECT metric, score, ts, value, threshold FROM drift WHERE {where} ORDER BY ts, id", args
+            )
+            for metric, score, ts, value, threshold in cur:
+                series = out.get((metric, score))
+                if series is None:
+                    series = out[(metric, score)] = ([], [], [])
+                series[0].append(ts)
+                series[1].append(value)
+                series[2].append(threshold)
+        return out
+
+    def latest_drift(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """The drift scores of the newest window of ``[since, until)`` that has any."""
+        where, args = self._range("ts", since, until)
+        return self._select(
+            "drift",
+            f"SELECT {', '.join(DRIFT_COLUMNS)} FROM drift WHERE window_id = "
+            f"(SELECT window_id FROM drift WHERE {where} ORDER BY ts DESC, id DESC LIMIT 1) ORDER BY id",
+            args,
+            "reading drift scores",
+        )
+
     def alerts(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """The alerts raised or cleared in ``[since, until)``; ``detail`` decoded."""
         where, args = self._range("ts", since, until)

@@ -261,6 +261,11 @@ def test_a_window_and_its_scores_round_trip(store: MetricsStore) -> None:
         "drifted": 1,
     }
     assert [r["value"] for r in store.drift(D, metric="brightness")] == [0.4, 2.0]
+    series = store.drift_series(D)
+    assert series[("brightness", "psi")] == ([D + 60, D + 120], [0.4, 2.0], [1.0, 1.0])
+    assert series[("classes", "linf")] == ([D + 60], [0.3], [0.2])
+    assert [(r["window_id"], r["metric"]) for r in store.latest_drift(D)] == [(wid + 1, "brightness")]
+    assert [r["metric"] for r in store.latest_drift(D, until=D + 120)] == ["brightness", "classes", "x"]
     assert store.time_range("windows") == (D + 60, D + 120)
 
 
