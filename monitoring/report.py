@@ -100,6 +100,8 @@ class ReportSummary:
     images: tuple[Path, ...]
     since: float  # the period asked: [since, until]
     until: float
+    first: float  # the data found: from the start of its first window to the end of its last
+    last: float
     windows: int  # raw windows in the period
     hourly: int  # hourly roll-ups standing in for pruned windows
     frames: int
@@ -113,7 +115,8 @@ class ReportSummary:
         parts = [
             f"{self.windows} windows"
             + (f" + {self.hourly} hourly roll-ups" if self.hourly else "")
-            + f", {self.frames} frames from {iso(self.since)} to {iso(self.until)}",
+            + f", {self.frames} frames from {iso(self.first)} to {iso(self.last)}"
+            + f" (period: the last {human_duration(self.until - self.since)})",
             "models " + (", ".join(self.models) or "-"),
             f"alerts: {self.alerts_raised} raised, {self.alerts_cleared} cleared"
             + (f", active: {', '.join(self.active)}" if self.active else ""),
@@ -383,6 +386,18 @@ def _drift_metrics(data: _Data) -> tuple[list[str], list[str]]:
     return chosen, sorted(set(peak) - set(chosen))
 
 
+def _no_drift_reason(data: _Data) -> str:
+    refs = {w["reference"] for w in data.windows}
+    if refs == {"learning"}:
+        return "no drift scores in this period: the reference is still being learned from live data"
+    return "no drift scores in this period (windows smaller than the smallest supported size?)"
+
+
+def _marker(n: int) -> str | None:
+    """Dots on short series, so a few windows still show as points."""
+    return "." if n < 200 else None
+
+
 def _plot_drift(Figure: Any, data: _Data) -> bytes:
     metrics, left_out = _drift_metrics(data)
     if left_out:
@@ -393,7 +408,7 @@ def _plot_drift(Figure: Any, data: _Data) -> bytes:
         ax.text(
             0.5,
             0.5,
-            "no drift scores in this period (the reference is still being learned?)",
+            _mpl_text(_no_drift_reason(data)),
             ha="center",
             va="center",
             transform=ax.transAxes,
@@ -414,7 +429,9 @@ def _plot_drift(Figure: Any, data: _Data) -> bytes:
             if (metric, score) in by:
                 ts, ratio = by[(metric, score)]
                 t, y = _with_gaps(ts, ratio)
-                (line,) = ax.plot(_t(t), y, color=colors[score], lw=1.0, label=_mpl_text(score))
+                (line,) = ax.plot(
+                    _t(t), y, color=colors[score], lw=1.0, marker=_marker(len(t)), label=_mpl_text(score)
+                )
                 handles.setdefault(score, line)
                 peak = max(peak, float(np.nanmax(ratio, initial=0.0)))
             if (metric, score) in hourly:
@@ -465,7 +482,7 @@ def _plot_confidence(Figure: Any, data: _Data) -> bytes:
     if data.windows:
         ts = _col(data.windows, "end_ts")
         t, conf = _with_gaps(ts, _col(data.windows, "confidence"))
-        (line,) = ax.plot(_t(t), conf, color="C0", lw=1.0, label="window mean")
+        (line,) = ax.plot(_t(t), conf, color="C0", lw=1.0, marker=_marker(len(t)), label="window mean")
         handles.append(line)
         drifted = np.array([bool(w["drifted"]) for w in data.windows])
         if drifted.any():
@@ -514,9 +531,10 @@ def _plot_latency(Figure: Any, data: _Data) -> bytes:
             _col(data.windows, "latency_p95_ms"),
             _col(data.windows, "fps"),
         )
-        lat.plot(_t(t), p50, color="C0", lw=1.0, label="p50")
-        lat.plot(_t(t), p95, color="C1", lw=1.0, label="p95")
-        fps.plot(_t(t), f, color="C2", lw=1.0, label="fps")
+        mark = _marker(len(t))
+        lat.plot(_t(t), p50, color="C0", lw=1.0, marker=mark, label="p50")
+        lat.plot(_t(t), p95, color="C1", lw=1.0, marker=mark, label="p95")
+        fps.plot(_t(t), f, color="C2", lw=1.0, marker=mark, label="fps")
     if data.hourly:
         th = _t(_col(data.hourly, "start_ts") + HOUR / 2)
         lat.plot(
@@ -855,6 +873,8 @@ def build_report(
         images=tuple(out / name for name in IMAGES),
         since=since,
         until=until,
+        first=data.x0,
+        last=data.x1,
         windows=len(data.windows),
         hourly=len(data.hourly),
         frames=int(sum(w["frames"] or 0 for w in data.windows) + sum(r["frames"] or 0 for r in data.hourly)),

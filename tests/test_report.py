@@ -323,3 +323,22 @@ def test_cli_report_in_a_subprocess_with_the_default_state_folder(tmp_path: Path
 
     proc = run_agent(["report", "--state-dir", str(tmp_path / "none"), "--out", str(out)], tmp_path)
     assert proc.returncode == 1 and "no metrics database there" in proc.stderr
+
+
+def test_windows_without_scores_while_the_reference_is_learned(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.db"
+    store = MetricsStore(path, clock=Clock(T0))
+    store.add_model_version("det", 3, "c" * 64, "learning", ts=T0)
+    for i in range(3):  # three windows: points, not an empty plot
+        end = T0 + (i + 1) * 30.0
+        row = {"model": "det", "version": 3, "reference": "learning", "start_ts": end - 30.0, "end_ts": end}
+        store.add_window({**row, "samples": 30, "frames": 900, "fps": 30.0, "confidence": 0.9}, [])
+    store.close()
+    out = tmp_path / "report"
+    summary = build_report(path, out, since_s=3600, now=T0 + 120)
+    text = check_output(out)
+    assert summary.models == ("det v3 (learning)",) and summary.windows == 3 and summary.frames == 2700
+    assert "learning (no reference yet)" in text and "no drift scores in this period" in text
+    assert summary.line().startswith(
+        "3 windows, 2700 frames from 2023-11-14 22:13:20 UTC to 2023-11-14 22:14:50"
+    )
