@@ -565,6 +565,8 @@ class MetricsStore(MetricsQueries):
             pk=("period", "start_ts", "model", "version", "metric", "score"),
             if_not_exists=True,
         )
+        for name in ("rollups_windows", "rollups_drift"):  # for retention: the key starts with period
+            t(name).create_index(["start_ts"], if_not_exists=True)
         t("rollup_marks").create({"period": str, "done_until": float}, pk="period", if_not_exists=True)
 
     @contextmanager
