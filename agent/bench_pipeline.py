@@ -16,6 +16,7 @@ in a plain loop: preprocessing + run + decoding, no threads) shows where the dif
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy.typing as npt
 
 from agent.handle import ModelHandle
 from agent.pipeline import Pipeline
+from agent.sinks import Sink
 from agent.source import Frame, open_source
 from inference.bench import summarize, timed_loop
 from inference.errors import SourceError
@@ -112,12 +114,15 @@ def infer_fps(model: LoadedModel, images: list[Image], runs: int) -> dict[str, A
     return {"fps": runs / wall if wall > 0 else 0.0}
 
 
-def pipeline_fps(model: LoadedModel, spec: str, frames: int, loop: bool = False) -> dict[str, Any]:
-    """Run the agent's ``Pipeline`` for ``frames`` frames; steady-state frames/s and latencies."""
+def pipeline_fps(
+    model: LoadedModel, spec: str, frames: int, loop: bool = False, sinks: Sequence[Sink] = ()
+) -> dict[str, Any]:
+    """Run the agent's ``Pipeline`` for ``frames`` frames; steady-state frames/s and latencies.
+    ``sinks`` are written after the timing sink (e.g. the drift monitor, to measure its cost)."""
     source = open_source(spec, loop=loop)
     source.open()
     sink = TimingSink(frames)
-    pipe = Pipeline(source, ModelHandle(model), [sink], max_frames=frames)
+    pipe = Pipeline(source, ModelHandle(model), [sink, *sinks], max_frames=frames)
     start = time.perf_counter()
     stats = pipe.run()
     wall = time.perf_counter() - start

@@ -78,6 +78,20 @@ RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ),
     ("--device-id", {"metavar": "ID", "help": "this device's id on the fleet broker (default: host name)"}),
     ("--group", {"metavar": "G", "help": "the fleet group this device belongs to (group jobs)"}),
+    (
+        "--window",
+        {
+            "metavar": "N|30s",
+            "help": "drift window: N samples (1 a second by default) or a time like 5m ([monitoring] window)",
+        },
+    ),
+    (
+        "--metrics",
+        {
+            "metavar": "HOST:PORT",
+            "help": "serve Prometheus /metrics on HOST:PORT, or PORT on loopback ([monitoring] metrics)",
+        },
+    ),
 )
 
 

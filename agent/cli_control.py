@@ -220,6 +220,9 @@ def _fmt_status(s: dict[str, Any]) -> str:
         lines.append(f"updates   waiting: {s['held']}")
     elif s.get("window"):
         lines.append(f"updates   window {s['window']}")
+    drift = s.get("drift")
+    if drift:
+        lines.append(f"drift     {drift_line(drift)}")
     fleet = s.get("fleet")
     if fleet:
         lines.append(
@@ -229,6 +232,38 @@ def _fmt_status(s: dict[str, Any]) -> str:
             + f", outbox {fleet.get('outbox_pending')}"
         )
     return "\n".join(lines)
+
+
+def drift_line(d: dict[str, Any]) -> str:
+    """One line of drift state: the reference, the last window, the active alerts."""
+    ref = d.get("reference") or "-"
+    if ref == "learning":
+        learning = d.get("learning") or {}
+        head = f"learning a reference ({learning.get('samples', 0)} of {learning.get('of', '?')} samples)"
+    else:
+        head = f"reference {ref}"
+    last = d.get("last")
+    if last:
+        state = (
+            "not judged"
+            if not last.get("judged")
+            else ("drifted: " + ", ".join(last.get("drifted") or []) if last.get("drifted") else "ok")
+        )
+        head += f", window {last.get('index')} ({last.get('samples')} samples) {state}"
+    else:
+        head += f", first window ({d.get('window')}) not done yet"
+    alerts = d.get("alerts") or []
+    if alerts:
+        head += "; ALERTS " + ", ".join(
+            f"{a.get('kind')} {a.get('metric')} "
+            f"({a.get('score')} {a.get('value', 0):.3g} > {a.get('threshold', 0):.3g})"
+            for a in alerts
+        )
+    else:
+        head += "; no alerts"
+    if d.get("store_failures"):
+        head += f"; {d['store_failures']} metrics.db writes failed"
+    return head
 
 
 def _fmt_models(models: list[dict[str, Any]]) -> str:

@@ -2,7 +2,8 @@
 
     edge-agent bundle create MODEL --name N --version V [--decoder D] [--decoder-params JSON]
                              [--labels FILE] [--input-spec JSON|key=val,...] [--golden-from SOURCE]
-                             [--task T] --out DIR
+                             [--task T] [--reference SOURCE [--reference-every S]
+                             [--reference-count N]] --out DIR
     edge-agent bundle check DIR
     edge-agent bundle sign DIR --key KEY | verify DIR (--pubkey PUB | --trust-dir DIR)  (agent/cli_trust.py)
     edge-agent models fetch [NAMES...] [--data-dir DIR]
@@ -10,6 +11,10 @@
 ``--input-spec`` takes a JSON object or ``key=value`` pairs separated by commas, values in
 JSON or as a fraction: ``shape=[1,3,640,640],color=BGR,scale=1/255,mean=0.5,std=0.5``.
 ``--golden-from`` takes an image file or a folder of images (the first ``--golden-count``).
+``--reference`` takes a folder of images or a video: the drift reference profile (DESIGN §7)
+is computed from its frames (a video is sampled every ``--reference-every`` seconds of its
+time, as the agent samples live frames) and the model's outputs on them, and stored in the
+manifest with its bootstrapped thresholds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,68 @@ def read_images(source: Path, limit: int) -> list[npt.NDArray[np.uint8]]:
     return images
 
 
+def reference_frames(
+    source: Path, every_s: float = 1.0, limit: int = 3000
+) -> Iterator[tuple[int, float, npt.NDArray[np.uint8]]]:
+    """(index, ts, BGR image) of a folder of images (by name) or of a video, sampled every
+    ``every_s`` seconds of the video's own time; at most ``limit`` frames."""
+    import cv2
+
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        if not files:
+            raise ConfigError(f"--reference {source}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        for i, f in enumerate(files):
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ConfigError(f"--reference: cannot read {f} as an image (OpenCV cannot decode it)")
+            yield i, i * every_s, np.asarray(img, np.uint8)
+        return
+    if not source.is_file():
+        raise ConfigError(f"--reference {source}: no such file or folder; give a folder of images or a video")
+    cap = cv2.VideoCapture(str(source))
+    try:
+        if not cap.isOpened():
+            raise ConfigError(f"--reference {source}: OpenCV cannot open it as a video")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        step = max(1, round(fps * every_s)) if fps > 0 else 1
+        index = taken = 0
+        while taken < limit:
+            ok, img = cap.read()
+            if not ok:
+                break
+            if index % step == 0:
+                yield index, (index / fps if fps > 0 else float(taken)), np.asarray(img, np.uint8)
+                taken += 1
+            index += 1
+        if taken == 0:
+            raise ConfigError(f"--reference {source}: no frame could be read from the video")
+    finally:
+        cap.release()
+
+
+def reference_profile(source: Path, every_s: float, limit: int) -> Callable[[Any], dict[str, Any]]:
+    """A function computing the reference profile of a loaded model on ``source``'s frames."""
+
+    def compute(model: Any) -> dict[str, Any]:
+        from monitoring.frame_stats import FrameStats
+        from monitoring.reference import build_reference
+
+        stats = FrameStats()
+        samples = [
+            stats.sample(i, ts, img, model.infer(img))
+            for i, ts, img in reference_frames(source, every_s, limit)
+        ]
+        profile = build_reference(samples, origin="bundle")
+        print(
+            f"  reference {profile.samples} samples from {source}: "
+            f"{len(profile.metrics)} metrics, thresholds for windows of {sorted(profile.thresholds)} samples"
+        )
+        return profile.to_json()
+
+    return compute
+
+
 def cmd_bundle_create(args: argparse.Namespace) -> int:
     from inference.bundle_builder import create_bundle
 
@@ -132,6 +200,9 @@ def cmd_bundle_create(args: argparse.Namespace) -> int:
         input_spec=parse_input_spec(args.input_spec or ""),
         golden_images=images,
         task=args.task or "",
+        reference=reference_profile(Path(args.reference), args.reference_every, args.reference_count)
+        if args.reference
+        else None,
     )
     m = bundle.manifest
     print(f"{bundle.root}: bundle {m.name} v{m.version} ({m.format}, sha256 {m.sha256[:12]}, {m.size} bytes)")
@@ -193,6 +264,21 @@ def check_bundle(path: Path, log: Any = print) -> None:
             )
         else:
             log("--  no golden pairs to run")
+        if m.reference is not None:
+            from monitoring.reference import parse_reference
+
+            try:
+                profile = parse_reference(m.reference, labels=bundle.labels(), where=f"{path} reference")
+            except BundleError as exc:
+                raise BundleError(
+                    f"{exc}; without a fix the agent learns a reference from live data"
+                ) from None
+            log(
+                f"ok  reference profile: {profile.samples} samples, {len(profile.metrics)} metrics, "
+                f"thresholds for windows of {sorted(profile.thresholds)} samples"
+            )
+        else:
+            log("--  no reference profile: the agent learns one from live data ([monitoring] learn)")
         frame = np.zeros((model.spec.height, model.spec.width, 3), np.uint8)
         r = model.infer(frame)
         if not math.isfinite(r.confidence):
@@ -260,6 +346,21 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("--golden-from", metavar="SOURCE", help="an image file or a folder of images")
     p.add_argument("--golden-count", metavar="N", type=int, default=4, help="images taken from a folder")
     p.add_argument("--task", help="what the model does, e.g. face_detection")
+    p.add_argument(
+        "--reference",
+        metavar="SOURCE",
+        help="a folder of images or a video the model should see in the field: the drift reference profile",
+    )
+    p.add_argument(
+        "--reference-every",
+        metavar="S",
+        type=float,
+        default=1.0,
+        help="seconds between video frames taken (1)",
+    )
+    p.add_argument(
+        "--reference-count", metavar="N", type=int, default=3000, help="frames taken at most (3000)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="the bundle folder to create (must not exist)")
     p.set_defaults(func=cmd_bundle_create)
 

@@ -31,6 +31,10 @@ Example::
     cert = "/etc/edge-agent/device.pem"
     key = "/etc/edge-agent/device.key"
 
+    [monitoring]                   # drift and decay (docs/monitoring.md)
+    window = "60"                  # samples (1 a second by default), or a time: "5m"
+    metrics = "127.0.0.1:9464"     # Prometheus /metrics; off when not set
+
     [updates]
     window = "02:00-05:00"         # local time; deploy jobs wait QUEUED outside it
     require_signed = "auto"        # auto: when <state>/trust/ holds keys; true; false
@@ -101,6 +105,22 @@ class UpdatesConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """``[monitoring]``: drift and decay (DESIGN §7; ``monitoring.drift_monitor``)."""
+
+    enabled: bool = True
+    sample_every: str = "1s"  # a time ("1s") or every Nth frame ("1": every frame)
+    window: str = "60"  # tumbling window: N samples, or a time ("60s", "5m")
+    alert_after: int = 3  # K consecutive drifted windows raise an alert
+    clear_after: int = 3  # consecutive calm windows clear it
+    learn: str = "1h"  # without a reference in the bundle: learn one from this much live data
+    metrics: str | None = None  # /metrics (Prometheus) on HOST:PORT or PORT (loopback); None: off
+    per_frame: str = "off"  # per-frame rows in metrics.db: off | sampled | all
+    retention_days: float = 30.0  # raw windows, scores, events older than this are deleted
+    max_db_mb: float = 256.0  # metrics.db past this size loses its oldest raw rows first
+
+
+@dataclass(frozen=True)
 class Config:
     model: str | None = None  # zoo name, bundle folder or bare model file
     source: str | None = None  # see agent.source.open_source
@@ -123,6 +143,7 @@ class Config:
     probation: ProbationConfig = field(default_factory=ProbationConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -424,10 +445,57 @@ _updates = _table(
     {"window": _window, "require_signed": _require_signed, "download_jitter_s": _float},
     '[updates] window = "02:00-05:00"',
 )
-SECTIONS = ("probation", "mqtt", "updates")
+
+
+def _span(value: Any, where: str) -> str:
+    from monitoring.drift_monitor import Span
+
+    return str(Span.parse(value, where))
+
+
+def _metrics_address(value: Any, where: str) -> str:
+    text = str(_int(1)(value, where)) if isinstance(value, int) else _str(value, where)
+    parse_metrics_address(text, where)
+    return text
+
+
+def parse_metrics_address(text: str, where: str = "--metrics") -> tuple[str, int]:
+    """``PORT`` (loopback) or ``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not (port.isdigit() and 0 <= int(port) < 65536):
+        raise ConfigError(f"{where}: {text!r}: give PORT or HOST:PORT, e.g. 9464 or 127.0.0.1:9464")
+    return host, int(port)
+
+
+_monitoring = _table(
+    MonitoringConfig,
+    {
+        "enabled": _bool,
+        "sample_every": _span,
+        "window": _span,
+        "alert_after": _int(1),
+        "clear_after": _int(1),
+        "learn": _span,
+        "metrics": _metrics_address,
+        "per_frame": _choice(("off", "sampled", "all")),
+        "retention_days": _positive,
+        "max_db_mb": _positive,
+    },
+    '[monitoring] window = "60s"',
+)
+SECTIONS = ("probation", "mqtt", "updates", "monitoring")
 
 # ``run`` flags that set a key of a table: flag dest -> (table, key)
-TABLE_FLAGS = {"mqtt": ("mqtt", "url"), "device_id": ("mqtt", "device_id"), "group": ("mqtt", "group")}
+TABLE_FLAGS = {
+    "mqtt": ("mqtt", "url"),
+    "device_id": ("mqtt", "device_id"),
+    "group": ("mqtt", "group"),
+    "window": ("monitoring", "window"),
+    "metrics": ("monitoring", "metrics"),
+}
 
 
 CHECKS: dict[str, Check] = {
@@ -448,6 +516,7 @@ CHECKS: dict[str, Check] = {
     "probation": _probation,
     "mqtt": _mqtt,
     "updates": _updates,
+    "monitoring": _monitoring,
 }
 assert set(CHECKS) == {f.name for f in dataclasses.fields(Config)}, "CHECKS must cover every Config field"
 

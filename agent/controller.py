@@ -35,6 +35,7 @@ class DaemonController:
         self.stale_after = stale_after
         self.clock = clock
         self.fleet: Any = None  # the FleetChannel, when the agent is on a broker
+        self.monitor: Any = None  # the DriftMonitor, when monitoring is on
 
     def _manager(self) -> ModelManager:
         if self.manager is None:
@@ -70,6 +71,8 @@ class DaemonController:
             out.update(self.manager.status())
         if self.fleet is not None:
             out["fleet"] = self.fleet.status()
+        if self.monitor is not None:
+            out["drift"] = self.monitor.status()
         return out
 
     def models(self) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ from agent.sinks import JsonlSink, Sink, SqliteSink
 from agent.source import Source, open_source
 from inference.errors import BundleError, ConfigError, EdgeAgentError
 from inference.runtime import RuntimeOptions
+from monitoring.drift_monitor import DriftMonitor, MonitorSettings, Span
 from monitoring.job_history import JobHistory
 from monitoring.metrics_store import MetricsStore
 from ota.downloader import DownloadPolicy
@@ -169,6 +170,9 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.store: MetricsStore | None = None
         self.results_sink: JsonlSink | None = None
+        self.monitor: DriftMonitor | None = None  # drift and decay ([monitoring])
+        self.metrics_server: Any = None  # Prometheus /metrics ([monitoring] metrics)
+        self.update_outcomes: dict[str, int] = {}  # job events by status, for /metrics
         self.sinks: list[Sink] = []
         self.services: list[Service] = []
         self.started: list[Service] = []
@@ -219,6 +223,9 @@ class Daemon:
         self.source.open()
         log.info("source %s open (%s)", cfg.source, "live" if self.source.live else "lossless")
         self.sinks = self._make_sinks()
+        if cfg.monitoring.enabled:
+            self.monitor = self._make_monitor()
+            self.sinks.append(self.monitor)
         if self.manager is not None:
             self.sinks.append(self.manager)  # probation health and the recent frames for validation
         self.pipeline = Pipeline(
@@ -247,12 +254,26 @@ class Daemon:
                     outbox=self.outbox,
                 )
                 self.services.append(self.fleet)
+                if self.monitor is not None:
+                    self.fleet.attach_monitor(self.monitor)
                 if cfg.mqtt.events_per_min > 0:
                     self.pipeline.sinks = [*self.pipeline.sinks, self.fleet]
+        if self.monitor is not None:
+            self.services.insert(0, self.monitor)  # started first, stopped last: it sees every window
+        if self.store is not None:
+            from agent.housekeeping import Housekeeping
+
+            self.services.append(Housekeeping(self.store))
+        if cfg.monitoring.metrics:
+            from agent.metrics_exporter import metrics_server
+
+            self.metrics_server = metrics_server(self)
+            self.services.append(self.metrics_server)
         control = cfg.control or (default_address(self.state_dir) if self.manager is not None else None)
         if control and control != "off":
             controller = DaemonController(self.pipeline, self.handle, self.manager)
             controller.fleet = self.fleet
+            controller.monitor = self.monitor
             token = None if isinstance(parse_address(control), Path) else ensure_token(self.state_dir)
             self.services.append(ControlService(control, controller, token))
         self._start_services()
@@ -313,8 +334,13 @@ class Daemon:
         return load_model(resolve_model(spec), options, runtime=runtime)
 
     def _open_metrics(self) -> None:
+        m = self.config.monitoring
         try:
-            self.store = MetricsStore(self.state_dir / "metrics.db")
+            self.store = MetricsStore(
+                self.state_dir / "metrics.db",
+                max_age_days=m.retention_days,
+                max_bytes=int(m.max_db_mb * 1024 * 1024),
+            )
         except EdgeAgentError as err:  # metrics are not worth refusing to serve
             log.error("%s; running without the metrics database", err)
 
@@ -354,6 +380,7 @@ class Daemon:
             allow_downgrade=cfg.allow_downgrade,
         )
         events = UpdateEvents()
+        events.subscribe(self._count_outcome)
         if self.store is not None:
             events.subscribe(JobHistory(self.store))
         if cfg.mqtt.url:  # before boot: what a restart finishes or undoes is reported to the fleet
@@ -375,13 +402,29 @@ class Daemon:
             **self.manager_hooks,
         )
 
+    def _count_outcome(self, event: Any) -> None:
+        status = getattr(event.status, "value", str(event.status))
+        self.update_outcomes[status] = self.update_outcomes.get(status, 0) + 1
+
+    def _make_monitor(self) -> DriftMonitor:
+        m = self.config.monitoring
+        settings = MonitorSettings(
+            sample_every=Span.parse(m.sample_every, "[monitoring] sample_every"),
+            window=Span.parse(m.window, "[monitoring] window"),
+            alert_after=m.alert_after,
+            clear_after=m.clear_after,
+            learn=Span.parse(m.learn, "[monitoring] learn"),
+            per_frame=m.per_frame,
+        )
+        return DriftMonitor(self.store, settings)
+
     def _make_sinks(self) -> list[Sink]:
         sinks: list[Sink] = []
         if self.config.results:
             self.results_sink = JsonlSink(self.config.results)
             sinks.append(self.results_sink)
-        if self.store is not None:
-            sinks.append(SqliteSink(self.store))
+        if self.store is not None and self.config.monitoring.per_frame == "all":
+            sinks.append(SqliteSink(self.store))  # every frame's row: opt-in (30 fps is 2.6 M rows a day)
         return sinks
 
     # ------------------------------------------------------------------ signals and reload

@@ -5,7 +5,10 @@
     MqttJobs      signed jobs from ``{p}/{device}/jobs/notify`` and the group's topic
     Outbox        statuses and telemetry, persisted, drained in order (``OutboxPump``)
     state         retained on every (re)connect and on every job event
-    telemetry     every ``telemetry_s``: frames, fps, latency p50/p95, dropped, errors
+    telemetry     once per drift window (``attach_monitor``): fps, latency, confidence, drift
+                  scores against their thresholds; without monitoring every ``telemetry_s``
+    alerts        drift and decay (``retrain_suggested``) alerts, raised and cleared, through
+                  the outbox
     events        detections, QoS 0, at most ``events_per_min`` (off by default)
 
 The broker being away is normal: the agent serves, jobs already queued run, and what the
@@ -30,14 +33,26 @@ from agent.pipeline import Pipeline
 from agent.source import Frame
 from inference.errors import ConfigError, EdgeAgentError
 from inference.result import Result
+from monitoring.drift import Alert
+from monitoring.drift_monitor import DriftMonitor, WindowReport
 from ota.mqtt_jobs import MqttJobs, StatusPublisher
 from ota.mqtt_link import MqttLink, MqttSettings
 from ota.outbox import Outbox, OutboxPump
-from ota.protocol import ID_RE, OFFLINE_STATE, Topics, event_payload, state_payload, telemetry_payload
+from ota.protocol import (
+    ID_RE,
+    OFFLINE_STATE,
+    Topics,
+    alert_payload,
+    event_payload,
+    state_payload,
+    telemetry_payload,
+)
 from ota.trust import TrustStore
 from ota.update_events import JobEvent, UpdateEvents
 
 log = logging.getLogger(__name__)
+
+MAX_TELEMETRY_SCORES = 64  # the drift scores a telemetry message carries: the nearest their thresholds
 
 
 def default_device_id() -> str:
@@ -111,6 +126,7 @@ class FleetChannel:
         self._stop = threading.Event()
         self._telemetry: threading.Thread | None = None
         self._last: tuple[float, int, int, int] | None = None  # (t, frames, dropped, errors)
+        self._monitor: DriftMonitor | None = None
         self._event_tokens = 0.0
         self._event_t = time.monotonic()
         self.events_sent = 0
@@ -120,8 +136,11 @@ class FleetChannel:
     def start(self) -> None:
         self.pump.start()
         self.link.start()
-        self._telemetry = threading.Thread(target=self._telemetry_loop, name="fleet-telemetry", daemon=True)
-        self._telemetry.start()
+        if self._monitor is None:  # with drift monitoring, telemetry goes out once per window
+            self._telemetry = threading.Thread(
+                target=self._telemetry_loop, name="fleet-telemetry", daemon=True
+            )
+            self._telemetry.start()
         log.info(
             "fleet channel: device %s%s on %s (prefix %s)",
             self.device_id,
@@ -206,6 +225,66 @@ class FleetChannel:
             version=s.version,
         )
         self.outbox.put(self.topics.telemetry(self.device_id), payload, "telemetry")
+        self.pump.kick()
+
+    def attach_monitor(self, monitor: DriftMonitor) -> None:
+        """Telemetry per drift window and the drift and decay alerts, through the outbox."""
+        self._monitor = monitor
+        monitor.on_window.append(self.put_window)
+        monitor.on_alert.append(self.put_alert)
+
+    def put_window(self, report: WindowReport) -> None:
+        """One telemetry message for a finished drift window (on the monitor's thread)."""
+        s = self.pipeline.stats()
+        last = self._last or (0.0, 0, 0, 0)
+        self._last = (time.monotonic(), s.frames, s.dropped, s.errors)
+        w = report.summary
+        verdict = report.verdict
+        drift: dict[str, list[float]] = {}
+        if verdict is not None:
+            ranked = sorted(verdict.scores, key=lambda x: -(x.value / x.threshold if x.threshold else 0.0))
+            for sc in ranked[:MAX_TELEMETRY_SCORES]:
+                drift[f"{sc.metric}:{sc.score}"] = [round(sc.value, 6), round(sc.threshold, 6)]
+        payload = telemetry_payload(
+            ts=self.clock(),
+            period_s=max(0.0, w.end_ts - w.start_ts),
+            frames=w.frames,
+            fps=w.fps,
+            latency_p50_ms=w.latency_p50_ms,
+            latency_p95_ms=w.latency_p95_ms,
+            dropped=max(0, s.dropped - last[2]),
+            errors=max(0, s.errors - last[3]),
+            model=report.model,
+            version=report.version,
+            window={"index": w.index, "start_ts": w.start_ts, "end_ts": w.end_ts, "samples": w.samples},
+            confidence=w.means.get("confidence"),
+            drift=drift if verdict is not None else None,
+            drifted=list(verdict.drifted) if verdict is not None else None,
+            reference=report.reference,
+        )
+        self.outbox.put(self.topics.telemetry(self.device_id), payload, "telemetry")
+        self.pump.kick()
+
+    def put_alert(self, alert: Alert) -> None:
+        """A drift or decay alert (raised or cleared), kept in the outbox until the broker has it."""
+        payload = alert_payload(
+            ts=self.clock(),
+            kind=alert.kind,
+            message=alert.message(),
+            model=alert.model,
+            version=alert.version,
+            metric=alert.metric,
+            score=alert.score,
+            value=alert.value,
+            threshold=alert.threshold,
+            state=alert.state,
+            windows=list(alert.windows),
+            start_ts=alert.start_ts,
+            end_ts=alert.end_ts,
+            frames=list(alert.frames),
+            reference=alert.reference,
+        )
+        self.outbox.put(self.topics.alerts(self.device_id), payload, "alert")
         self.pump.kick()
 
     # ------------------------------------------------------------------ detection events (a sink)

@@ -13,9 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,9 @@ from inference.errors import BundleError
 from inference.fsio import DEFAULT_FS, FsOps, atomic_write_bytes, copy_file_durably, sha256_file
 from inference.preprocess import parse_input
 from inference.runtime import RuntimeOptions, runtime_kind_for
+
+if TYPE_CHECKING:
+    from inference.model import LoadedModel
 
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
@@ -51,7 +54,7 @@ def create_bundle(
     task: str = "",
     validation: Mapping[str, Any] | None = None,
     probation: Mapping[str, Any] | None = None,
-    reference: Mapping[str, Any] | None = None,
+    reference: Mapping[str, Any] | Callable[[LoadedModel], Mapping[str, Any]] | None = None,
     release_counter: int | None = None,
     expires: str | None = None,
     compat: Mapping[str, Any] | None = None,
@@ -63,7 +66,8 @@ def create_bundle(
     ``input_spec`` holds manifest ``input`` values (shape, dtype, layout, color, scale, mean,
     std, resize, pad); those left out are read from the model and written out resolved, so
     the manifest states the full spec. ``validation`` may set ``atol``, ``rtol`` and
-    ``max_latency_ms``; the golden pairs are added from ``golden_images``.
+    ``max_latency_ms``; the golden pairs are added from ``golden_images``. ``reference`` is
+    the drift profile, or a function that computes it from the loaded model.
     """
     from inference.model import load_model  # model imports bundle; keep the import local
 
@@ -102,7 +106,7 @@ def create_bundle(
         }
         if probation:
             base["probation"] = dict(probation)
-        if reference is not None:
+        if reference is not None and not callable(reference):
             base["reference"] = dict(reference)
         if expires is not None:
             base["expires"] = expires
@@ -112,6 +116,8 @@ def create_bundle(
         draft = parse_manifest(json.dumps(base).encode(), where)
         model = load_model(Bundle(tmp, draft, tmp / file), options)
         try:
+            if callable(reference):  # computed from the model's own outputs (the drift profile)
+                base["reference"] = dict(reference(model))
             resolved = model.spec.to_json()
             golden: list[dict[str, Any]] = []
             if golden_images:
