@@ -258,8 +258,6 @@ class Daemon:
                     self.fleet.attach_monitor(self.monitor)
                 if cfg.mqtt.events_per_min > 0:
                     self.pipeline.sinks = [*self.pipeline.sinks, self.fleet]
-        if self.monitor is not None:
-            self.services.insert(0, self.monitor)  # started first, stopped last: it sees every window
         if self.store is not None:
             from agent.housekeeping import Housekeeping
 
@@ -276,6 +274,8 @@ class Daemon:
             controller.monitor = self.monitor
             token = None if isinstance(parse_address(control), Path) else ensure_token(self.state_dir)
             self.services.append(ControlService(control, controller, token))
+        if self.monitor is not None:  # stopped first: its last windows still reach the fleet's outbox
+            self.services.append(self.monitor)
         self._start_services()
         if self.store is not None:
             self.store.add_event(
@@ -416,7 +416,8 @@ class Daemon:
             learn=Span.parse(m.learn, "[monitoring] learn"),
             per_frame=m.per_frame,
         )
-        return DriftMonitor(self.store, settings)
+        assert self.source is not None
+        return DriftMonitor(self.store, settings, lossless=not self.source.live)
 
     def _make_sinks(self) -> list[Sink]:
         sinks: list[Sink] = []

@@ -186,8 +186,12 @@ class DriftMonitor:
         clock: Clock = time.time,
         frame_stats: FrameStats | None = None,
         rng: np.random.Generator | None = None,
+        lossless: bool = False,
     ) -> None:
+        """``lossless``: the source is a file or folder (``not source.live``): the sink waits for
+        room instead of dropping a sample, so a run over the same files gives the same windows."""
         self.store = store
+        self.lossless = lossless
         self.settings = settings or MonitorSettings()
         self.clock = clock
         self.frame_stats = frame_stats or FrameStats()
@@ -253,6 +257,9 @@ class DriftMonitor:
                 pending.append((ms, frame.ts))
             if not due:
                 return
+            if self.lossless:  # a file or folder: every sample, the source waits (as the pipeline does)
+                while len(self._queue) >= self.settings.queue and self._thread_alive():
+                    self._cond.wait(0.5)
             if len(self._queue) >= self.settings.queue:
                 self.samples_dropped += 1  # its frames stay pending: counted with the next sample
                 return
@@ -296,6 +303,9 @@ class DriftMonitor:
         return True
 
     _busy = False
+
+    def _thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     def _run(self) -> None:
         while True:

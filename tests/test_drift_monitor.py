@@ -220,10 +220,15 @@ def test_a_model_swap_closes_the_window_and_starts_afresh_against_the_new_refere
         (2, WINDOW, "learning"),
     ]
     assert reports[1].verdict is not None and not reports[1].verdict.judged
-    assert [(m["version"], m["reference"]) for m in store.model_versions(0)] == [(1, "bundle"), (2, "learning")]
+    assert [(m["version"], m["reference"]) for m in store.model_versions(0)] == [
+        (1, "bundle"),
+        (2, "learning"),
+    ]
 
 
-def test_the_sink_never_waits_for_the_monitor_a_full_queue_drops_and_counts(reference: dict[str, Any]) -> None:
+def test_the_sink_never_waits_for_the_monitor_a_full_queue_drops_and_counts(
+    reference: dict[str, Any],
+) -> None:
     samples = synthetic(np.random.default_rng(15), 200, phi=0.3)
     stream = Stream(samples)
     stream.gate = threading.Event()  # the monitor thread blocks on its first sample
