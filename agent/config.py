@@ -453,6 +453,32 @@ def _span(value: Any, where: str) -> str:
     return str(Span.parse(value, where))
 
 
+def _window_span(value: Any, where: str) -> str:
+    from monitoring.drift_monitor import Span
+    from monitoring.reference import WINDOW_SIZES
+
+    span = Span.parse(value, where)
+    if span.count is not None and span.count < WINDOW_SIZES[0]:
+        raise ConfigError(
+            f"{where}: {value!r}: a window needs at least {WINDOW_SIZES[0]} samples to be judged "
+            f"(the reference's smallest window); give {WINDOW_SIZES[0]} or more, or a time such as 60s"
+        )
+    return str(span)
+
+
+def _learn_span(value: Any, where: str) -> str:
+    from monitoring.drift_monitor import MAX_LEARN_SAMPLES, Span
+    from monitoring.reference import MIN_SAMPLES
+
+    span = Span.parse(value, where)
+    if span.count is not None and not MIN_SAMPLES <= span.count <= MAX_LEARN_SAMPLES:
+        raise ConfigError(
+            f"{where}: {value!r}: learn from {MIN_SAMPLES} to {MAX_LEARN_SAMPLES} samples, or give a time "
+            "such as 1h"
+        )
+    return str(span)
+
+
 def _metrics_address(value: Any, where: str) -> str:
     text = str(_int(1)(value, where)) if isinstance(value, int) else _str(value, where)
     parse_metrics_address(text, where)
@@ -475,10 +501,10 @@ _monitoring = _table(
     {
         "enabled": _bool,
         "sample_every": _span,
-        "window": _span,
+        "window": _window_span,
         "alert_after": _int(1),
         "clear_after": _int(1),
-        "learn": _span,
+        "learn": _learn_span,
         "metrics": _metrics_address,
         "per_frame": _choice(("off", "sampled", "all")),
         "retention_days": _positive,

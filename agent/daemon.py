@@ -172,7 +172,10 @@ class Daemon:
         self.results_sink: JsonlSink | None = None
         self.monitor: DriftMonitor | None = None  # drift and decay ([monitoring])
         self.metrics_server: Any = None  # Prometheus /metrics ([monitoring] metrics)
-        self.update_outcomes: dict[str, int] = {}  # job events by status, for /metrics
+        self.update_outcomes: dict[
+            str, int
+        ] = {}  # jobs ended, by outcome, for /metrics (replaced, not changed)
+        self._outcomes_lock = threading.Lock()
         self.sinks: list[Sink] = []
         self.services: list[Service] = []
         self.started: list[Service] = []
@@ -403,8 +406,14 @@ class Daemon:
         )
 
     def _count_outcome(self, event: Any) -> None:
+        """Jobs ended, by outcome (``/metrics``); steps and queueing are not outcomes."""
         status = getattr(event.status, "value", str(event.status))
-        self.update_outcomes[status] = self.update_outcomes.get(status, 0) + 1
+        if status in ("SUCCEEDED", "FAILED", "REJECTED"):
+            with self._outcomes_lock:  # events come from the manager's and the MQTT threads
+                self.update_outcomes = {
+                    **self.update_outcomes,
+                    status: self.update_outcomes.get(status, 0) + 1,
+                }
 
     def _make_monitor(self) -> DriftMonitor:
         m = self.config.monitoring

@@ -19,6 +19,7 @@ that is missing, a bad URL) fail the start.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -127,6 +128,7 @@ class FleetChannel:
         self._telemetry: threading.Thread | None = None
         self._last: tuple[float, int, int, int] | None = None  # (t, frames, dropped, errors)
         self._monitor: DriftMonitor | None = None
+        self._window_sent_at = -math.inf  # monotonic time of the last window's telemetry
         self._event_tokens = 0.0
         self._event_t = time.monotonic()
         self.events_sent = 0
@@ -201,7 +203,11 @@ class FleetChannel:
     # ------------------------------------------------------------------ telemetry
 
     def _telemetry_loop(self) -> None:
+        """Every ``telemetry_s``, unless a drift window's telemetry went out meanwhile: so the
+        fleet hears from a device whose camera is down (no samples, no windows) too."""
         while not self._stop.wait(self.cfg.telemetry_s):
+            if time.monotonic() - self._window_sent_at < self.cfg.telemetry_s:
+                continue
             try:
                 self.put_telemetry()
             except EdgeAgentError as err:  # the outbox cannot be written (disk): next period
@@ -263,6 +269,7 @@ class FleetChannel:
             reference=report.reference,
         )
         self.outbox.put(self.topics.telemetry(self.device_id), payload, "telemetry")
+        self._window_sent_at = time.monotonic()
         self.pump.kick()
 
     def put_alert(self, alert: Alert) -> None:

@@ -29,7 +29,7 @@ from benchmarks.common import RESULTS_DIR, median, write_json
 
 MODEL = "blazeface"
 DEMO = "demo:faces:640x480@0"
-FRAMES, QUICK_FRAMES = 1500, 400
+FRAMES, QUICK_FRAMES = 3000, 400
 ROUNDS, QUICK_ROUNDS = 7, 3
 TARGET = 0.97
 
@@ -43,7 +43,7 @@ def _monitor(folder: Path, variant: str) -> Any:
         settings = MonitorSettings(sample_every=Span(count=1), window=Span(count=30), learn=Span(count=60))
     else:
         settings = MonitorSettings()
-    monitor = DriftMonitor(store, settings)
+    monitor = DriftMonitor(store, settings, lossless=True)  # a file source, as the daemon sets it
     monitor.start()
     return monitor
 

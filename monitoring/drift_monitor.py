@@ -61,6 +61,9 @@ _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 PER_FRAME = ("off", "sampled", "all")
 LEARN_CHECKPOINT_S = 300.0  # how often learning samples are saved (a restart resumes from there)
 MAX_LEARN_SAMPLES = 20_000
+MIN_LEARN_SAMPLES = 300  # a time-based learn needs at least these samples (with a count: at least 60)
+MAX_LEARN_GAP_S = 5.0  # a gap between two samples counts this much learning time at most
+MAX_UNSENT = 256  # alerts kept for a listener that could not take them
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,8 @@ class _Version:
         self.reference: ReferenceProfile | None = None
         self.detector: DriftDetector | None = None
         self.learning: list[Sample] = []
-        self.learn_started: float | None = None
+        self.learned_s = 0.0  # seconds of live data learned from
+        self.retry_at = 0  # learning samples before the next try at building the reference
         self.saved_learning_at = 0.0
 
     @property
@@ -223,10 +227,12 @@ class DriftMonitor:
         self._window: Window | None = None
         self._window_index = 0
         self.last: WindowReport | None = None
-        self.active: dict[tuple[str, str], Alert] = {}
+        self.active: dict[tuple[str, str], Alert] = {}  # replaced, never changed in place
+        self._unsent: list[tuple[Callable[[Any], None], Alert]] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._fail_log_at = -math.inf
+        self._bug_log_at = -math.inf
 
     # ------------------------------------------------------------------ results thread (a sink)
 
@@ -252,7 +258,7 @@ class DriftMonitor:
                 self._model_key = key
                 self._queue.append(("model", model, pending))
                 pending = self._pending = []
-                self._cond.notify()
+                self._cond.notify_all()
             if len(pending) < 65536:  # taken at least every second by the monitor thread
                 pending.append((ms, frame.ts))
             if not due:
@@ -265,7 +271,7 @@ class DriftMonitor:
                 return
             self._queue.append(("sample", frame.index, frame.ts, frame.image, result, pending))
             self._pending = []
-            self._cond.notify()
+            self._cond.notify_all()
 
     def flush(self) -> None:
         pass
@@ -284,12 +290,13 @@ class DriftMonitor:
         """Process what is queued, save the state, end the thread (a partial window is dropped)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if self._thread.is_alive():  # its state is saved by the thread itself when it ends
                 log.warning("the drift monitor did not stop within %.0f s", timeout)
-        self._save_state()
+        else:
+            self._save_state()
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued sample has been processed (tests, benchmarks)."""
@@ -314,12 +321,12 @@ class DriftMonitor:
                     if not self._cond.wait(1.0):
                         break
                 if not self._queue and self._stopping:
-                    return
+                    break
                 item = self._queue.popleft() if self._queue else None
                 frames: list[tuple[float, float]] = []
                 if item is None:  # idle for a second: take the frames counted meanwhile
                     frames, self._pending = self._pending, []
-                self._busy = item is not None
+                self._busy = True
             try:
                 if item is None:
                     self._count(frames)
@@ -332,11 +339,15 @@ class DriftMonitor:
                     self._on_sample(self.frame_stats.sample(index, ts, image, result), frames)
             except Exception:  # a bug in monitoring: logged whole; the camera loop and this thread go on
                 self.failures += 1
-                log.exception("drift monitoring failed; it goes on with the next sample")
+                now = time.monotonic()
+                if now - self._bug_log_at >= 60.0:
+                    self._bug_log_at = now
+                    log.exception("drift monitoring failed (%d so far); it goes on", self.failures)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+        self._save_state()  # on this thread: nothing else touches the detector now
 
     def _count(self, frames: list[tuple[float, float]]) -> None:
         """Every frame in the window's fps and latency (frames before the first sample are dropped)."""
@@ -351,7 +362,10 @@ class DriftMonitor:
         if self._current is not None:
             self._close_window()
             self._save_state()
+        self.active = {}  # the old version's alerts end with it (its telemetry says which version)
         v = _Version(model, _key(model))
+        saved = self._load(f"window:{v.key}")
+        self._window_index = int(saved["next"]) if saved and isinstance(saved.get("next"), int) else 0
         raw = _manifest_reference(model)
         if raw is not None:
             try:
@@ -395,10 +409,10 @@ class DriftMonitor:
         if saved is not None:
             try:
                 v.learning = [_sample_from_json(r) for r in saved.get("samples", [])][:MAX_LEARN_SAMPLES]
-                v.learn_started = float(saved["started"]) if saved.get("started") is not None else None
-            except (TypeError, ValueError, KeyError) as err:
+                v.learned_s = float(saved.get("learned_s") or 0.0)
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
                 log.warning("the saved learning samples of %s are unreadable (%s); starting over", v.key, err)
-                v.learning, v.learn_started = [], None
+                v.learning, v.learned_s = [], 0.0
 
     def _make_detector(self, v: _Version) -> None:
         assert v.reference is not None
@@ -439,48 +453,49 @@ class DriftMonitor:
             self._close_window()
 
     def _learn(self, v: _Version, sample: Sample) -> None:
-        if v.learn_started is None:
-            v.learn_started = sample.ts
+        if v.learning:  # the time learned from: gaps (restarts, a dead camera) count a few seconds at most
+            v.learned_s += min(max(0.0, sample.ts - v.learning[-1].ts), MAX_LEARN_GAP_S)
         if len(v.learning) < MAX_LEARN_SAMPLES:
             v.learning.append(sample)
         learn = self.settings.learn
         enough = (
             len(v.learning) >= learn.count
             if learn.count is not None
-            else sample.ts - v.learn_started >= (learn.seconds or 0)
-            and len(v.learning) >= 2 * WINDOW_SIZES[0]
-        )
-        if not enough:
-            if self.clock() - v.saved_learning_at >= LEARN_CHECKPOINT_S:
-                self._save_learning(v)
+            else v.learned_s >= (learn.seconds or 0.0) and len(v.learning) >= MIN_LEARN_SAMPLES
+        ) or len(v.learning) >= MAX_LEARN_SAMPLES
+        if not enough or len(v.learning) < v.retry_at:
             return
         try:
             v.reference = build_reference(v.learning, origin="learned", rng=self.rng)
-        except ReferenceError as err:  # e.g. too few distinct values: keep learning
+        except ReferenceError as err:  # e.g. too few distinct values: learn a window more, then try again
+            v.retry_at = len(v.learning) + WINDOW_SIZES[0]
             log.warning(
                 "%s: no reference from %d samples yet (%s); still learning", v.key, len(v.learning), err
             )
             if len(v.learning) >= MAX_LEARN_SAMPLES:
                 v.learning = v.learning[len(v.learning) // 2 :]
+                v.retry_at = 0
             return
         log.info(
-            "%s: reference learned from %d samples of live data; drift is judged from now on",
+            "%s: reference learned from %d samples (%.0f s) of live data; drift is judged from now on",
             v.key,
             len(v.learning),
+            v.learned_s,
         )
         reference = v.reference
-        self._write(
+        saved = self._write(
             "saving the learned reference", lambda s: s.save_state(f"reference:{v.key}", reference.to_json())
         )
-        self._write(
-            "clearing the learning samples", lambda s: s.save_state(f"learning:{v.key}", {"samples": []})
-        )
+        if saved:  # else the samples stay saved: a restart learns again rather than losing both
+            self._write(
+                "clearing the learning samples", lambda s: s.save_state(f"learning:{v.key}", {"samples": []})
+            )
         v.learning = []
         self._make_detector(v)
 
     def _save_learning(self, v: _Version) -> None:
         v.saved_learning_at = self.clock()
-        data = {"started": v.learn_started, "samples": [_sample_to_json(s) for s in v.learning]}
+        data = {"learned_s": v.learned_s, "samples": [_sample_to_json(s) for s in v.learning]}
         self._write("saving the learning samples", lambda s: s.save_state(f"learning:{v.key}", data))
 
     def _close_window(self) -> None:
@@ -488,34 +503,38 @@ class DriftMonitor:
         self._window = None
         if window is None or v is None or window.n == 0:
             return
-        self._window_index += 1
+        self._window_index = window.index + 1
         summary = window.summary()
         verdict = v.detector.judge(window) if v.detector is not None else None
         report = WindowReport(v.name, v.version, v.origin, summary, verdict)
         self.windows += 1
         self.last = report
-        self._store_window(report)
-        if verdict is not None:
+        alerts: list[Alert] = []
+        if verdict is not None:  # what the detector decided is kept before anyone is told
+            active = dict(self.active)  # copy on write: status and /metrics read it from other threads
             for alert in verdict.raised:
                 alert = self._with_frames(alert)
-                self.active[(alert.kind, alert.metric)] = alert
+                active[(alert.kind, alert.metric)] = alert
                 self.alerts_raised += 1
                 log.warning("%s", alert.message())
-                self._store_alert(alert)
-                self._tell(self.on_alert, alert)
+                alerts.append(alert)
             for alert in verdict.cleared:
-                self.active.pop((alert.kind, alert.metric), None)
+                active.pop((alert.kind, alert.metric), None)
                 log.info("%s", alert.message())
-                self._store_alert(alert)
-                self._tell(self.on_alert, alert)
-        self._tell(self.on_window, report)
-        if v.detector is not None:
-            detector = v.detector
-            self._write(
-                "saving the drift state", lambda s: s.save_state(f"detector:{v.key}", detector.state())
-            )
-        elif v.learning:
-            self._save_learning(v)
+                alerts.append(alert)
+            self.active = active
+        self._save_state(checkpoint=False)
+        self._store_window(report)
+        for alert in alerts:
+            self._store_alert(alert)
+        unsent, self._unsent = self._unsent, []
+        for fn, alert in unsent:  # alerts a listener could not take last time: once more, in order
+            self._tell_one(fn, alert)
+        for alert in alerts:
+            for fn in self.on_alert:
+                self._tell_one(fn, alert)
+        for fn in self.on_window:
+            self._tell_one(fn, report)
 
     def _with_frames(self, alert: Alert) -> Alert:
         if self.collected_frames is None:
@@ -523,13 +542,15 @@ class DriftMonitor:
         from dataclasses import replace
 
         try:
-            ids = tuple(self.collected_frames(alert.start_ts, alert.end_ts))[:256]
+            ids = tuple(str(i) for i in self.collected_frames(alert.start_ts, alert.end_ts))[:256]
         except EdgeAgentError as err:
             log.warning("the frames collected for %s alert are unknown: %s", alert.metric, err)
             return alert
         return replace(alert, frames=ids)
 
-    def _save_state(self) -> None:
+    def _save_state(self, checkpoint: bool = True) -> None:
+        """The detector's state (or the learning samples: every ``LEARN_CHECKPOINT_S``, and
+        at ``checkpoint``) and the version's next window number, for a restart to resume."""
         v = self._current
         if v is None:
             return
@@ -538,8 +559,10 @@ class DriftMonitor:
             self._write(
                 "saving the drift state", lambda s: s.save_state(f"detector:{v.key}", detector.state())
             )
-        elif v.learning:
+        elif v.learning and (checkpoint or self.clock() - v.saved_learning_at >= LEARN_CHECKPOINT_S):
             self._save_learning(v)
+        index = self._window_index
+        self._write("saving the window number", lambda s: s.save_state(f"window:{v.key}", {"next": index}))
 
     # ------------------------------------------------------------------ writing
 
@@ -602,11 +625,13 @@ class DriftMonitor:
         )
         self._write("writing a sampled result row", lambda st: st.add_results([row]))
 
-    def _write(self, doing: str, fn: Callable[[MetricsStore], object]) -> None:
+    def _write(self, doing: str, fn: Callable[[MetricsStore], object]) -> bool:
+        """Run one store write; False (counted, logged rate-limited) when it was not written."""
         if self.store is None:
-            return
+            return False
         try:
             fn(self.store)
+            return True
         except EdgeAgentError as err:
             self.store_failures += 1
             self.store_failed[doing] = self.store_failed.get(doing, 0) + 1
@@ -619,6 +644,7 @@ class DriftMonitor:
                     err,
                     self.store_failures,
                 )
+            return False
 
     def _load(self, key: str) -> Any:
         if self.store is None:
@@ -630,13 +656,20 @@ class DriftMonitor:
             log.warning("drift monitoring: reading %s failed (%s); starting it afresh", key, err)
             return None
 
-    def _tell(self, listeners: list[Callable[[Any], None]], value: Any) -> None:
-        for fn in listeners:
-            try:
-                fn(value)
-            except EdgeAgentError as err:  # e.g. the outbox's disk: counted, the next window tries again
-                self.listener_failures += 1
-                log.warning("drift monitoring: %r could not take %s: %s", fn, type(value).__name__, err)
+    def _tell_one(self, fn: Callable[[Any], None], value: Any) -> None:
+        """Hand ``value`` to one listener. An alert it cannot take now (``EdgeAgentError``: the
+        outbox's disk) is kept and handed again at the next window; anything else is a bug of
+        ours: logged with its traceback and counted (``listener_failures``), never retried."""
+        try:
+            fn(value)
+        except EdgeAgentError as err:
+            self.listener_failures += 1
+            if isinstance(value, Alert) and len(self._unsent) < MAX_UNSENT:
+                self._unsent.append((fn, value))
+            log.warning("drift monitoring: %r could not take %s now: %s", fn, type(value).__name__, err)
+        except Exception:
+            self.listener_failures += 1
+            log.exception("drift monitoring: %r failed on %s", fn, type(value).__name__)
 
     # ------------------------------------------------------------------ read by status and /metrics
 
@@ -649,6 +682,9 @@ class DriftMonitor:
             "samples": self.samples,
             "samples_dropped": self.samples_dropped,
             "store_failures": self.store_failures,
+            "store_failed": dict(self.store_failed),
+            "listener_failures": self.listener_failures,
+            "failures": self.failures,
             "alerts": [
                 {
                     "kind": a.kind,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -352,3 +353,28 @@ def test_probation_deadline_must_leave_room_for_the_evidence() -> None:
         parse_config({"probation": {"max_seconds": 0}}, "t")
     cfg = parse_config({"probation": {"seconds": 30, "max_seconds": 60, "on_thin_evidence": "commit"}}, "t")
     assert cfg.probation.max_seconds == 60 and cfg.probation.on_thin_evidence == "commit"
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ({"window": "10"}, "at least 30 samples"),
+        ({"learn": "20"}, "learn from 60"),
+        ({"learn": "1000000"}, "learn from 60"),
+        ({"window": "2d"}, "count .* nor a time|at most 7 days"),
+        ({"metrics": "nope"}, "PORT or HOST:PORT"),
+        ({"per_frame": "every"}, "per_frame"),
+    ],
+)
+def test_monitoring_values_that_cannot_work_are_refused(table: dict[str, Any], match: str) -> None:
+    from agent.config import parse_config
+
+    with pytest.raises(ConfigError, match=match):
+        parse_config({"monitoring": table}, "agent.toml")
+
+
+def test_monitoring_flags_set_the_table() -> None:
+    from agent.config import Config, apply_overrides
+
+    cfg = apply_overrides(Config(), {"window": "5m", "metrics": "9464"})
+    assert cfg.monitoring.window == "300s" and cfg.monitoring.metrics == "9464"

@@ -304,3 +304,145 @@ def test_span_parse_rejects(text: Any) -> None:
 
     with pytest.raises(ConfigError, match="--window"):
         Span.parse(text, "--window")
+
+
+def test_a_listener_that_fails_loses_no_alert_of_the_others_and_a_refused_alert_is_handed_again(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    """A listener with a bug (ValueError) is logged and counted, the window's other alerts and the
+    other listeners still get through; one that cannot take an alert now (EdgeAgentError: the
+    outbox's disk) gets it again at the next window."""
+    from inference.errors import TransientError
+
+    rng = np.random.default_rng(18)
+    samples = synthetic(rng, 4 * WINDOW, phi=0.3) + darkened(synthetic(rng, 6 * WINDOW, phi=0.3))
+    store = MetricsStore(tmp_path / "metrics.db")
+    monitor = make(store, samples)
+    good: list[Alert] = []
+    full_once: list[Alert] = []
+    refused: list[Alert] = []
+
+    def buggy(alert: Alert) -> None:
+        raise ValueError("a bug in a listener")
+
+    def disk_full_once(alert: Alert) -> None:
+        if not refused:
+            refused.append(alert)
+            raise TransientError("outbox: disk full")
+        full_once.append(alert)
+
+    monitor.on_alert.extend([buggy, disk_full_once, good.append])
+    feed(monitor, Model(reference=reference), 0, len(samples))
+    monitor.stop()
+    raised = {a.metric for a in good if a.state == "raised"}
+    assert {"brightness", "contrast", "sharpness"} <= raised
+    assert {a["metric"] for a in store.alerts(0)} >= raised  # every alert stored
+    assert refused and refused[0] in full_once  # handed again, at the next window
+    assert {a.metric for a in full_once} >= raised
+    assert monitor.listener_failures == len(good) + 1 and monitor.failures == 0
+
+
+def test_window_numbers_go_on_after_a_restart(tmp_path: Path, reference: dict[str, Any]) -> None:
+    samples = synthetic(np.random.default_rng(19), 5 * WINDOW, phi=0.3)
+    store = MetricsStore(tmp_path / "metrics.db")
+    reports: list[WindowReport] = []
+    first = make(store, samples)
+    first.on_window.append(reports.append)
+    feed(first, Model(reference=reference), 0, 2 * WINDOW)
+    first.stop()
+    second = make(store, samples)
+    second.on_window.append(reports.append)
+    feed(second, Model(reference=reference), 2 * WINDOW, 2 * WINDOW)
+    second.stop()
+    assert [r.summary.index for r in reports] == [0, 1, 2, 3]
+
+
+def test_a_swap_to_a_version_that_learns_ends_the_old_versions_alerts(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    rng = np.random.default_rng(20)
+    samples = darkened(synthetic(rng, 5 * WINDOW, phi=0.3)) + synthetic(rng, 2 * WINDOW, phi=0.3)
+    monitor = make(MetricsStore(tmp_path / "metrics.db"), samples)
+    feed(monitor, Model(1, reference), 0, 4 * WINDOW)
+    assert monitor.status()["alerts"]
+    feed(monitor, Model(2, None), 4 * WINDOW, WINDOW)
+    monitor.stop()
+    assert monitor.status()["reference"] == "learning" and monitor.status()["alerts"] == []
+
+
+def test_with_a_lossless_source_the_sink_waits_for_room_and_stop_releases_it(
+    reference: dict[str, Any],
+) -> None:
+    samples = synthetic(np.random.default_rng(21), 100, phi=0.3)
+    stream = Stream(samples)
+    stream.gate = threading.Event()
+    monitor = DriftMonitor(None, settings(queue=2), frame_stats=stream, lossless=True)  # type: ignore[arg-type]
+    monitor.start()
+    result = Result(kind="detections", confidence=0.8, inference_ms=5.0)
+    model = Model(reference=reference)
+    wrote = threading.Event()
+
+    def writer() -> None:
+        for i in range(10):
+            monitor.write(Frame(i, 1000.0 + i), result, model)
+        wrote.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    # the monitor is stuck on its first sample and the queue holds 2: the writer must wait
+    wait = threading.Event()
+    for _ in range(100):
+        if monitor._queue and len(monitor._queue) >= 2:
+            break
+        wait.wait(0.01)
+    assert not wrote.is_set()
+    stream.gate.set()  # released: every sample goes through, none dropped
+    t.join(30)
+    assert wrote.is_set() and monitor.drain(30)
+    monitor.stop()
+    assert monitor.samples == 10 and monitor.samples_dropped == 0
+
+    stuck = DriftMonitor(None, settings(queue=1), frame_stats=Stream(samples), lossless=True)  # type: ignore[arg-type]
+    stuck_stream = stuck.frame_stats
+    stuck_stream.gate = threading.Event()  # type: ignore[attr-defined]
+    stuck.start()
+    done = threading.Event()
+
+    def blocked_writer() -> None:
+        for i in range(5):
+            stuck.write(Frame(i, 1000.0 + i), result, model)
+        done.set()
+
+    t = threading.Thread(target=blocked_writer)
+    t.start()
+    stuck._stopping = True  # what stop() sets first: a waiting writer gives up and counts a drop
+    with stuck._cond:
+        stuck._cond.notify_all()
+    t.join(30)
+    assert done.is_set()
+    stuck_stream.gate.set()  # type: ignore[attr-defined]
+    stuck.stop()
+    assert stuck.samples_dropped >= 1
+
+
+def test_a_time_to_learn_counts_only_the_time_seen_not_a_gap(tmp_path: Path) -> None:
+    """5 minutes learned, a 2-hour gap (powered off), then samples: a 10-minute learn is not done
+    by the gap; it is after 5 more minutes of samples."""
+    samples = synthetic(np.random.default_rng(22), 1200, phi=0.3)
+    monitor = make(MetricsStore(tmp_path / "metrics.db"), samples, learn=Span(seconds=600.0))
+    result = Result(kind="detections", confidence=0.8, inference_ms=5.0)
+    model = Model(reference=None)
+    for i in range(300):
+        monitor.write(Frame(i, 1000.0 + i), result, model)
+        if i % 8 == 7:
+            assert monitor.drain(30)
+    for i in range(300, 600):
+        monitor.write(Frame(i, 1000.0 + 7200 + i), result, model)
+        if i == 310:
+            assert monitor.drain(30)
+            assert monitor.status()["reference"] == "learning"
+        if i % 8 == 7:
+            assert monitor.drain(30)
+    assert monitor.drain(30)
+    monitor.stop()
+    assert monitor.status()["reference"] == "learned"
