@@ -320,6 +320,8 @@ class Daemon:
                 service.stop()
             except EdgeAgentError as err:
                 log.warning("stopping %s: %s", type(service).__name__, err)
+            except Exception:  # a bug in one service must not leave the others (and the outbox) running
+                log.exception("stopping %s failed; stopping the others", type(service).__name__)
         self.started = []
 
     def _heartbeat(self) -> float:

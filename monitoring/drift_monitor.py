@@ -172,6 +172,7 @@ class _Version:
         self.learning: list[Sample] = []
         self.learned_s = 0.0  # seconds of live data learned from
         self.retry_at = 0  # learning samples before the next try at building the reference
+        self.kind_checked = False  # the reference's kind against the model's first result
         self.saved_learning_at = 0.0
 
     @property
@@ -336,6 +337,7 @@ class DriftMonitor:
                     self._switch(item[1])
                 else:
                     _, index, ts, image, result, frames = item
+                    self._check_kind(result.kind)
                     self._on_sample(self.frame_stats.sample(index, ts, image, result), frames)
             except Exception:  # a bug in monitoring: logged whole; the camera loop and this thread go on
                 self.failures += 1
@@ -427,6 +429,32 @@ class DriftMonitor:
         if v.detector.state_note:  # a saved state that does not fit this reference: started afresh
             log.warning("%s: %s", v.key, v.detector.state_note)
         self.active = {(a.kind, a.metric): a for a in v.detector.active_alerts()}
+
+    def _check_kind(self, kind: str) -> None:
+        """On a version's first sample: a reference made for another kind of result (classes for a
+        detector) does not fit the model; it learns one from live data instead."""
+        v = self._current
+        if v is None or v.kind_checked:
+            return
+        v.kind_checked = True
+        if v.reference is None or v.reference.kind == kind:
+            return
+        log.warning(
+            "%s: its %s reference profile describes %s results but the model gives %s; learning a "
+            "reference from live data instead",
+            v.key,
+            v.reference.origin,
+            v.reference.kind,
+            kind,
+        )
+        v.reference, v.detector = None, None
+        self.active = {}
+        if v.origin == "learning":
+            self._resume_learning(v)
+        if v.reference is not None and v.reference.kind == kind:
+            self._make_detector(v)
+        else:
+            v.reference = None
 
     def _on_sample(self, sample: Sample, frames: list[tuple[float, float]]) -> None:
         v = self._current

@@ -34,17 +34,20 @@ class FakeManifest:
 @dataclass
 class FakeBundle:
     manifest: FakeManifest = field(default_factory=FakeManifest)
+    names: tuple[str, ...] = ("face", "person")
 
     def labels(self) -> list[str]:
-        return ["face", "person"]
+        return list(self.names)
 
 
 class Model:
-    def __init__(self, version: int = 1, reference: Any = None) -> None:
+    def __init__(
+        self, version: int = 1, reference: Any = None, labels: tuple[str, ...] = ("face", "person")
+    ) -> None:
         self.name = "det"
         self.version = version
         self.sha256 = f"{version:064x}"
-        self.bundle = FakeBundle(FakeManifest(reference))
+        self.bundle = FakeBundle(FakeManifest(reference), labels)
 
 
 @dataclass
@@ -446,3 +449,19 @@ def test_a_time_to_learn_counts_only_the_time_seen_not_a_gap(tmp_path: Path) -> 
     assert monitor.drain(30)
     monitor.stop()
     assert monitor.status()["reference"] == "learned"
+
+
+def test_a_reference_of_another_kind_of_result_falls_back_to_learning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A classifier's reference shipped with a model that gives detections."""
+    rng = np.random.default_rng(23)
+    classes = build_reference(synthetic(rng, 1000, kind="classes"), rng=np.random.default_rng(3)).to_json()
+    monitor = make(MetricsStore(tmp_path / "metrics.db"), synthetic(rng, 60, phi=0.3))
+    with caplog.at_level(logging.WARNING, "monitoring.drift_monitor"):
+        feed(monitor, Model(reference=classes, labels=("cat", "dog", "fox")), 0, 30)  # detections results
+    monitor.stop()
+    assert monitor.status()["reference"] == "learning"
+    assert any(
+        "describes classes results but the model gives detections" in r.getMessage() for r in caplog.records
+    )
