@@ -6,10 +6,18 @@
   when Prometheus scrapes, never pushed.
 - ``AgentCollector``: a prometheus-client custom collector that turns one ``AgentMetrics`` into
   metric families (names below, base units: seconds, no ms).
-- ``MetricsServer``: a ``ThreadingHTTPServer`` the agent owns (``start()``/``stop()``) with its
-  own ``CollectorRegistry`` (never the process-global default one): ``GET /metrics`` only,
-  any other path 404, any other method 405. A scrape whose snapshot fails answers 500 and is
-  logged; the server stays up. A failure to bind is a ``ConfigError`` naming the address.
+- ``MetricsServer``: a listener the agent owns (``start()``/``stop()``) with its own
+  ``CollectorRegistry`` (never the process-global default one): ``GET /metrics`` only, any
+  other path 404, any other method 405, one request per connection. A scrape whose snapshot
+  fails answers a generic 500 (the details go to the log only); the server stays up. A failure
+  to bind is a ``ConfigError`` naming the address.
+
+  It may listen on 0.0.0.0 of a small device, so what a client can hold is bounded: one thread
+  accepts and reads request heads without blocking (a connection that sends nothing, or a byte
+  at a time, holds a file descriptor and no thread, for 5 s in all from its accept; past 64 such
+  connections the oldest is closed); a complete request is answered on a worker thread, at
+  most 4 at once, each with 5 s to write its answer; one more is answered 503 with
+  ``Retry-After: 1`` at once. A head over 8 KiB is a 431.
 
 Metrics (``_total`` are counters since the agent started)::
 
@@ -24,6 +32,7 @@ Metrics (``_total`` are counters since the agent started)::
     edge_agent_drift_samples_dropped_total
     edge_agent_drift_windows_total
     edge_agent_metrics_write_failures_total
+    edge_agent_drift_failures_total{kind}       (store, listener, internal)
 
 plus prometheus-client's ``process_*`` and ``python_info`` of this process.
 """
@@ -31,15 +40,21 @@ plus prometheus-client's ``process_*`` and ``python_info`` of this process.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import io
 import itertools
 import logging
 import math
+import os
+import re
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -169,6 +184,9 @@ class AgentMetrics:
     samples_dropped: int
     windows: int
     store_failures: int
+    # drift monitoring failures by kind ("store", "listener", "internal"); a default, and last,
+    # so a caller that does not know it still builds an AgentMetrics
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 #: (name without _total, help, AgentMetrics field) of the plain counters.
@@ -238,6 +256,15 @@ def families(m: AgentMetrics) -> list[Metric]:
     for outcome, count in sorted(m.updates.items()):
         updates.add_metric([outcome], float(count))
     out.append(updates)
+    failures = CounterMetricFamily(
+        PREFIX + "drift_failures",
+        "Drift monitoring failures, by kind (store: metrics.db writes; listener: a listener that "
+        "raised; internal: the monitor's own).",
+        labels=["kind"],
+    )
+    for kind, count in sorted(m.failures.items()):
+        failures.add_metric([kind], float(count))
+    out.append(failures)
     out.append(
         GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the agent started.", value=m.uptime_s)
     )
@@ -279,12 +306,56 @@ def make_registry(snapshot: Callable[[], AgentMetrics], *, process: bool = True)
 
 # ---------------------------------------------------------------------------- the listener
 
+_WORKERS = 4  # requests answered at once; one more is a 503 at once
+_PENDING = 64  # connections whose request head has not all arrived; one more closes the oldest
+_HEAD_TIMEOUT_S = 5.0  # from accept to the end of the request head, in all (not per read)
+_WRITE_TIMEOUT_S = 5.0  # to write one response, in all (sendall's timeout is a total)
+_MAX_HEAD = 8192  # bytes of request line and headers (a Prometheus scrape sends ~300)
+_BACKLOG = 64
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_BUSY_LOG_S = 60.0  # at most one warning a minute about 503s
+
+
+def _quick_response(code: int, reason: str, text: str, *extra: str) -> bytes:
+    body = text.encode("utf-8")
+    head = [
+        f"HTTP/1.0 {code} {reason}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+_BUSY = _quick_response(503, "Service Unavailable", "busy: too many scrapes at once\n", "Retry-After: 1")
+_TOO_LARGE = _quick_response(431, "Request Header Fields Too Large", "request head too large\n")
+
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10.0  # a client that sends nothing does not hold a thread for long
+    """One request whose head the listener has already read (``head``): parsed and answered on
+    a worker thread, then the connection is closed (HTTP/1.0, no keep-alive)."""
+
     server_version = "edge-agent-metrics"
     sys_version = ""  # no Python version in the Server header
+
+    def __init__(self, sock: socket.socket, head: bytes, client_address: Any, listener: _Server) -> None:
+        # not BaseRequestHandler.__init__: the listener is no socketserver (nothing here uses .server)
+        self.request = sock
+        self.client_address = client_address
+        self.listener = listener
+        self._head = head
+        self.setup()
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.listener.write_timeout_s)
+        self.rfile.close()
+        self.rfile = io.BytesIO(self._head)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -293,12 +364,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         try:
-            body = encoder(self.server.registry)
+            body = encoder(self.listener.registry)
         except Exception as err:  # a snapshot that fails answers 500; the listener stays up
-            self.server.scrape_failed(err)
-            self._plain(500, f"metrics snapshot failed: {type(err).__name__}: {err}\n")
+            self.listener.scrape_failed(err)
+            self._plain(500, "snapshot failed; see the agent's log\n")  # the details are logged only
             return
-        self.server.scrape_ok()
+        self.listener.scrape_ok()
         self._send(200, body, content_type)
 
     def _not_allowed(self) -> None:
@@ -323,15 +394,185 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("metrics %s: " + format, self.address_string(), *args)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+@dataclass
+class _Pending:
+    address: Any
+    deadline: float  # time.monotonic()
+    head: bytearray
 
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, registry: CollectorRegistry):
-        self.address_family = family
+
+class _Server:
+    """The listener: one thread (``serve``) accepts and reads request heads without blocking,
+    so a connection that sends nothing, or a byte at a time, holds a file descriptor and no
+    thread, and only for ``head_timeout_s`` in all; past ``pending`` such connections the
+    oldest is closed. A complete request goes to a worker thread, at most ``workers`` at once;
+    beyond that it is answered 503 with ``Retry-After: 1`` at once, without a thread."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        family: socket.AddressFamily,
+        registry: CollectorRegistry,
+        *,
+        workers: int = _WORKERS,
+        pending: int = _PENDING,
+        head_timeout_s: float = _HEAD_TIMEOUT_S,
+        write_timeout_s: float = _WRITE_TIMEOUT_S,
+    ) -> None:
+        if workers < 1 or pending < 1 or not head_timeout_s > 0 or not write_timeout_s > 0:
+            raise ValueError("metrics listener: workers, pending and the timeouts must be positive")
         self.registry = registry
+        self.workers = workers
+        self.pending = pending
+        self.head_timeout_s = head_timeout_s
+        self.write_timeout_s = write_timeout_s
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if os.name == "posix":  # rebind at once after a restart (TIME_WAIT), as http.server does
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.socket = sock
+        self.server_address: tuple[Any, ...] = sock.getsockname()
+        self.busy = 0  # requests answered 503 (all workers busy)
+        self.evicted = 0  # connections closed before their request arrived (too many, too slow)
+        self._slots = threading.BoundedSemaphore(workers)
+        self._pending: dict[socket.socket, _Pending] = {}  # in accept order: the oldest first
+        self._selector = selectors.DefaultSelector()
+        self._stop = threading.Event()
         self._failing = False
+        self._busy_logged = -math.inf
         self._lock = threading.Lock()
-        super().__init__(address, _Handler)
+
+    # -- the listener thread
+
+    def serve(self) -> None:
+        """Accept, read heads and dispatch until ``shutdown()``; then close every socket."""
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                timeout = _POLL_S
+                if self._pending:
+                    oldest = next(iter(self._pending.values()))
+                    timeout = min(timeout, max(0.0, oldest.deadline - time.monotonic()))
+                for key, _ in self._selector.select(timeout):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    else:
+                        self._read(cast(socket.socket, key.fileobj))
+                self._expire(time.monotonic())
+        finally:
+            for conn in list(self._pending):
+                self._drop(conn)
+            self._selector.close()
+            self.socket.close()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    def _accept(self) -> None:
+        for _ in range(self.pending):  # then back to select: heads already in wait too
+            try:
+                conn, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # EMFILE and the like: free the oldest and go on later
+                log.debug("metrics: accept failed: %s", err)
+                if self._pending:
+                    self._evict(next(iter(self._pending)))
+                else:
+                    self._stop.wait(_POLL_S)
+                return
+            conn.setblocking(False)
+            if len(self._pending) >= self.pending:
+                self._evict(next(iter(self._pending)))
+            self._pending[conn] = _Pending(address, time.monotonic() + self.head_timeout_s, bytearray())
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        pending = self._pending.get(conn)
+        if pending is None:  # closed earlier in this round
+            return
+        try:
+            data = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:  # the client went away before its request was complete
+            self._drop(conn)
+            return
+        seen = len(pending.head)
+        pending.head += data
+        if _HEAD_END.search(pending.head, max(0, seen - 3)):  # only what is new: O(n) a connection
+            self._release(conn)
+            self._dispatch(conn, bytes(pending.head), pending.address)
+        elif len(pending.head) > _MAX_HEAD:
+            self._release(conn)
+            self._answer_now(conn, _TOO_LARGE)
+
+    def _expire(self, now: float) -> None:
+        while self._pending:
+            conn, pending = next(iter(self._pending.items()))
+            if pending.deadline > now:
+                return
+            self._evict(conn)
+
+    def _dispatch(self, conn: socket.socket, head: bytes, address: Any) -> None:
+        if self._slots.acquire(blocking=False):
+            try:
+                threading.Thread(
+                    target=self._work, args=(conn, head, address), name="metrics-scrape", daemon=True
+                ).start()
+                return
+            except RuntimeError:  # no thread to be had
+                self._slots.release()
+        self.busy += 1
+        now = time.monotonic()
+        if now - self._busy_logged >= _BUSY_LOG_S:
+            self._busy_logged = now
+            log.warning(
+                "metrics: %d scrapes at once already: answered 503 (%d so far)", self.workers, self.busy
+            )
+        self._answer_now(conn, _BUSY)
+
+    def _answer_now(self, conn: socket.socket, response: bytes) -> None:
+        """A short answer from the listener thread: what the socket takes without waiting."""
+        with contextlib.suppress(OSError):
+            conn.send(response)
+        _close(conn)
+
+    def _release(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        del self._pending[conn]
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._release(conn)
+        conn.close()
+
+    def _evict(self, conn: socket.socket) -> None:
+        self.evicted += 1
+        address = self._pending[conn].address
+        log.debug("metrics: closed %s: no complete request in time, or too many waiting", address)
+        self._drop(conn)
+
+    # -- worker threads
+
+    def _work(self, conn: socket.socket, head: bytes, address: Any) -> None:
+        try:
+            _Handler(conn, head, address, self)
+        except OSError as err:  # the client went away or did not read its answer in time
+            log.debug("metrics %s: %s", address, err)
+        except Exception:
+            log.exception("metrics %s: answering failed", address)
+        finally:
+            _close(conn)
+            self._slots.release()
 
     def scrape_failed(self, err: Exception) -> None:
         with self._lock:
@@ -348,15 +589,39 @@ class _Server(ThreadingHTTPServer):
             self._failing = False
 
 
+def _close(conn: socket.socket) -> None:
+    """Close after the answer: FIN first, and what the client sent beyond the head read away, so
+    the close is no reset that could discard the answer before the client reads it."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.setblocking(False)
+        for _ in range(16):
+            if not conn.recv(4096):
+                break
+    except OSError:
+        pass
+    conn.close()
+
+
 class MetricsServer:
     """The agent's own read-only ``/metrics`` listener. Port 0 picks a free port; ``port`` and
     ``url`` give the bound one after ``start()``. Usable as a context manager."""
 
     def __init__(
-        self, address: tuple[str, int], snapshot: Callable[[], AgentMetrics], *, process: bool = True
+        self,
+        address: tuple[str, int],
+        snapshot: Callable[[], AgentMetrics],
+        *,
+        process: bool = True,
+        workers: int = _WORKERS,
+        pending: int = _PENDING,
+        head_timeout_s: float = _HEAD_TIMEOUT_S,
+        write_timeout_s: float = _WRITE_TIMEOUT_S,
     ) -> None:
         self.host, self._port = address
         self.registry = make_registry(snapshot, process=process)
+        self._workers, self._pending = workers, pending
+        self._head_timeout_s, self._write_timeout_s = head_timeout_s, write_timeout_s
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -378,14 +643,20 @@ class MetricsServer:
         fix = "give another HOST:PORT to --metrics (or [monitoring] metrics), or stop what holds it"
         try:
             infos = socket.getaddrinfo(self.host, self._port, type=socket.SOCK_STREAM)
-            server = _Server((self.host, self._port), infos[0][0], self.registry)
+            server = _Server(
+                (self.host, self._port),
+                infos[0][0],
+                self.registry,
+                workers=self._workers,
+                pending=self._pending,
+                head_timeout_s=self._head_timeout_s,
+                write_timeout_s=self._write_timeout_s,
+            )
         except (OSError, OverflowError) as err:  # gaierror is an OSError; OverflowError: port > 65535
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise ConfigError(f"cannot listen for {METRICS_PATH} on {where}: {reason}; {fix}") from None
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": _POLL_S}, name="metrics-http", daemon=True
-        )
+        self._thread = threading.Thread(target=server.serve, name="metrics-http", daemon=True)
         self._thread.start()
         log.info("serving Prometheus metrics on %s", self.url)
 
@@ -394,8 +665,7 @@ class MetricsServer:
         server, thread = self._server, self._thread
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
+        server.shutdown()  # the listener thread closes its sockets within _POLL_S
         if thread is not None:
             thread.join()
         self._server = self._thread = None

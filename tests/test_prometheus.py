@@ -5,7 +5,13 @@ What these prove:
 - every metric of the contract is there with its type, labels and value; counters end in
   ``_total`` once; the latency histogram is cumulative, in seconds, ``+Inf`` = count;
 - only ``GET /metrics`` is served (404 elsewhere, 405 for other methods, no side effects);
-- a snapshot that raises answers 500, is logged, and the next scrape works;
+- a snapshot that raises answers a generic 500 (the details only in the log), and the next
+  scrape works;
+- the listener holds no thread for a connection that sends nothing (or a byte at a time):
+  a scrape behind 100 idle connections is answered at once, such connections are closed after
+  the head timeout or when too many wait, and at most ``workers`` handler threads run (one
+  more request is a 503 with ``Retry-After`` at once);
+- ``edge_agent_drift_failures_total{kind}`` and ``AgentMetrics`` built without ``failures``;
 - ``stop()`` frees the port; a port in use is a ``ConfigError`` naming the address;
 - ``LatencyHistogram`` puts a value on a bound into that bucket (``le``), and its snapshots
   taken while threads observe are consistent (count and sum cover the same observations).
@@ -15,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -64,6 +72,7 @@ def populated(**over: object) -> AgentMetrics:
         "samples_dropped": 6,
         "windows": 2,
         "store_failures": 7,
+        "failures": {"store": 7, "listener": 1, "internal": 0},
     }
     args.update(over)
     return AgentMetrics(**args)  # type: ignore[arg-type]
@@ -264,9 +273,10 @@ def test_a_failing_snapshot_is_a_500_and_the_server_stays_up(
         for _ in range(2):
             response = httpx.get(server.url)
             assert response.status_code == 500
-            assert "RuntimeError: pipeline stats unavailable" in response.text
+            assert response.text == "snapshot failed; see the agent's log\n"  # nothing of the error
     failures = [r for r in caplog.records if "scrape failed" in r.getMessage()]
     assert len(failures) == 2
+    assert all("RuntimeError: pipeline stats unavailable" in r.getMessage() for r in failures)
     assert failures[0].levelno == logging.ERROR and failures[0].exc_info is not None  # the traceback once
     assert failures[1].levelno == logging.WARNING and failures[1].exc_info is None
     broken[0] = False
@@ -322,6 +332,165 @@ def test_ipv6_loopback() -> None:
         assert httpx.get(server.url).status_code == 200
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------- drift failures
+
+
+def test_drift_failures_by_kind(serve: Callable[[Callable[[], AgentMetrics]], MetricsServer]) -> None:
+    fam = scrape(serve(populated))  # prometheus-client's text parser
+    assert fam["edge_agent_drift_failures"].type == "counter"
+    assert values(fam["edge_agent_drift_failures"]) == {
+        ("edge_agent_drift_failures_total", (("kind", "internal"),)): 0,
+        ("edge_agent_drift_failures_total", (("kind", "listener"),)): 1,
+        ("edge_agent_drift_failures_total", (("kind", "store"),)): 7,
+    }
+    om = httpx.get(serve(populated).url, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    strict = {f.name: f for f in om_families(om.text)}  # type: ignore[no-untyped-call]
+    assert strict["edge_agent_drift_failures"].type == "counter"
+    assert {s.labels["kind"]: s.value for s in strict["edge_agent_drift_failures"].samples} == {
+        "internal": 0,
+        "listener": 1,
+        "store": 7,
+    }
+
+
+def test_agent_metrics_without_failures_still_builds(
+    serve: Callable[[Callable[[], AgentMetrics]], MetricsServer],
+) -> None:
+    """A caller that does not know ``failures`` (built positionally or by keyword) still works:
+    the family is there without samples."""
+    full = populated()
+    args = {k: v for k, v in vars(full).items() if k != "failures"}
+    older = AgentMetrics(**args)
+    assert older.failures == {} and older.failures is not AgentMetrics(**args).failures
+    fam = scrape(serve(lambda: older))
+    assert fam["edge_agent_drift_failures"].samples == []
+    assert fam["edge_agent_frames"].samples[0].value == 1800
+
+
+# ---------------------------------------------------------------------------- a listener under load
+
+
+def scrape_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "metrics-scrape"]
+
+
+def closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    """True when the other end closes ``sock`` within ``within_s`` (EOF or a reset)."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except (TimeoutError, BlockingIOError):  # BlockingIOError: within_s 0 and nothing yet
+        return False
+
+
+def test_idle_connections_hold_no_thread_and_do_not_delay_a_scrape(
+    serve: Callable[[Callable[[], AgentMetrics]], MetricsServer],
+) -> None:
+    """100 connections that send nothing (more than the 64 the listener keeps): a scrape behind
+    them is answered at once, no thread was started for them, and the oldest were closed."""
+    server = serve(populated)
+    baseline = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    try:
+        started = time.monotonic()
+        response = httpx.get(server.url, timeout=10.0)  # accepted after all of them: waits on them
+        assert response.status_code == 200
+        assert time.monotonic() - started < 2.0  # not the 5 s head timeout
+        assert len(scrape_threads()) <= 4
+        assert threading.active_count() <= baseline + 4
+        # beyond 64 waiting, the oldest were closed (36 of them, and the scrape's own slot)
+        assert all(closed_by_peer(sock, 2.0) for sock in idle[:36])
+        assert not any(closed_by_peer(sock, 0.0) for sock in idle[-50:])  # the newest are still open
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_slow_client_is_closed_after_the_head_timeout() -> None:
+    """A client that sends its request a byte every 50 ms (slowloris) is closed when the head
+    timeout runs out since it connected, not since its last byte."""
+    with MetricsServer(("127.0.0.1", 0), populated, head_timeout_s=0.5) as server:
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            started = time.monotonic()
+            closed_after = None
+            for byte in request:
+                try:
+                    sock.send(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+                readable, _, _ = select.select([sock], [], [], 0.05)  # the trickle's pace
+                if readable and closed_by_peer(sock, 0.0):
+                    closed_after = time.monotonic() - started
+                    break
+            assert closed_after is not None, "the slow client was never closed"
+            assert 0.4 <= closed_after < 1.5
+        assert httpx.get(server.url).status_code == 200
+
+
+def test_beyond_the_workers_a_request_is_a_quick_503() -> None:
+    """4 scrapes held inside the snapshot: a 5th is answered 503 with Retry-After at once, no
+    5th handler thread is started, and once they finish scrapes work again."""
+    gate = threading.Event()
+    inside = threading.Semaphore(0)
+
+    def snapshot() -> AgentMetrics:
+        inside.release()
+        gate.wait(10.0)
+        return populated()
+
+    with MetricsServer(("127.0.0.1", 0), snapshot, workers=4) as server:
+        codes: list[int] = []
+
+        def held() -> None:
+            codes.append(httpx.get(server.url, timeout=15.0).status_code)
+
+        clients = [threading.Thread(target=held) for _ in range(4)]
+        try:
+            for t in clients:
+                t.start()
+            for _ in range(4):
+                assert inside.acquire(timeout=5.0)  # all 4 are inside the snapshot
+            started = time.monotonic()
+            busy = httpx.get(server.url, timeout=5.0)
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "1"
+            assert time.monotonic() - started < 1.0
+            assert len(scrape_threads()) == 4
+        finally:
+            gate.set()
+            for t in clients:
+                t.join(15.0)
+        assert codes == [200] * 4
+        assert httpx.get(server.url).status_code == 200
+
+
+def test_an_oversized_request_head_is_refused(
+    serve: Callable[[Callable[[], AgentMetrics]], MetricsServer],
+) -> None:
+    server = serve(populated)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 10_000)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 431 ")
+    assert httpx.get(server.url).status_code == 200
+
+
+def test_a_client_that_leaves_mid_request_does_no_harm(
+    serve: Callable[[Callable[[], AgentMetrics]], MetricsServer],
+) -> None:
+    server = serve(populated)
+    for partial in (b"", b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n"):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(partial)
+    assert httpx.get(server.url).status_code == 200
 
 
 # ---------------------------------------------------------------------------- LatencyHistogram
