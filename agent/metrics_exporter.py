@@ -41,6 +41,15 @@ def snapshot(daemon: Daemon) -> AgentMetrics:
         samples_dropped=monitor.samples_dropped if monitor is not None else 0,
         windows=monitor.windows if monitor is not None else 0,
         store_failures=monitor.store_failures if monitor is not None else 0,
+        failures=(
+            {
+                "store": monitor.store_failures,
+                "listener": monitor.listener_failures,
+                "internal": monitor.failures,
+            }
+            if monitor is not None
+            else {}
+        ),
     )
 
 
