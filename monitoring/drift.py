@@ -5,6 +5,10 @@ base 2), mean shift in reference standard deviations; L∞ between the window's 
 priors when the model has classes. A metric is drifted in a window when any of its scores is over
 the reference's threshold for the window's size. Decay: one-sided drops (in reference stds) of the
 mean confidence, of each tracked label's mean confidence and (detectors) of its detections per sample.
+A detector's ``confidence`` decay is the mean confidence of the window's samples with at least one
+box (0 would mean "no box", not "unsure": fewer objects in view is not decay); a window with fewer
+than ``MIN_LABEL_COUNT`` such samples does not judge it. How many objects are in view is judged by
+``rate:<label>`` and by the drift scores of ``detections`` (and of ``confidence``, over every sample).
 
 Alerts: ``drift`` for a metric after ``k`` consecutive drifted windows of it; ``retrain_suggested``
 for a decay metric after ``k`` consecutive windows over its threshold. An alert clears after
@@ -24,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from monitoring import scores
-from monitoring.reference import CLASSES, DECAY_SCORE, MIN_LABEL_COUNT, ReferenceProfile, key, shift_scale
+from monitoring.reference import (
+    CLASSES,
+    DECAY_SCORE,
+    MIN_LABEL_COUNT,
+    ReferenceProfile,
+    key,
+    shift_scale,
+)
 from monitoring.window import Window, WindowSummary
 
 SCORES = ("psi", "js", "mean_shift", "linf")  # drift scores; js in bits (log base 2), mean_shift in ref. std
@@ -292,8 +303,15 @@ class DriftDetector:
                 put(drift, metric, "psi", float(scores.psi(p, counts)), t)
                 put(drift, metric, "js", float(scores.js_bits(p, counts)), t)
                 put(drift, metric, "mean_shift", float(scores.mean_shift(mref.mean, mref.std, mean)), t)
-                if metric == "confidence":
+                if metric == "confidence" and ref.kind != "detections":
                     put(decay, metric, DECAY_SCORE, float(scores.drop(mref.mean, mref.std, mean)), t)
+            if ref.detected_conf is not None:  # a detector: over the samples with at least one box
+                boxed = window.detected_confidence()
+                if boxed.size >= MIN_LABEL_COUNT:
+                    mu, sd = ref.detected_conf
+                    put(
+                        decay, "confidence", DECAY_SCORE, float(scores.drop(mu, sd, boxed.mean())), thresholds
+                    )
             counts_by_label = window.class_counts
             total = sum(counts_by_label.values())
             if ref.class_priors and total > 0:

@@ -11,9 +11,11 @@ also falls with contrast (the Laplacian scales with it).
 
 - brightness: mean luma (0..255); contrast: std of luma; sharpness: variance of the Laplacian of luma;
   dark_fraction / bright_fraction: share of luma <= 16 / >= 239; saturation: mean S of HSV (0..255).
-- confidence: ``Result.confidence`` (every kind); margin: top-1 minus top-2 class score and entropy:
-  Shannon entropy in nats of the class scores normalised to sum 1 (classifiers); detections: the
-  number of boxes (detectors). Non-finite values are left out of ``Sample.values``.
+- confidence: ``Result.confidence`` (every kind; a detector's is 0 when it finds no box, which is why
+  its decay is judged over the samples with a box, ``Window.detected_confidence``); margin: top-1
+  minus top-2 class score and entropy: Shannon entropy in nats of the class scores normalised to sum
+  1 (classifiers); detections: the number of boxes (detectors). Non-finite values are left out of
+  ``Sample.values``.
 """
 
 from __future__ import annotations

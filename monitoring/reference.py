@@ -23,6 +23,17 @@ one per box for a detector), and for the labels seen often enough (``DECAY_MIN_S
 at most ``MAX_DECAY_LABELS``) the mean and std of their scores and, for detectors, of their count per
 sample (the detection rate).
 
+Decay (``retrain_suggested``) is one-sided: the mean confidence (``confidence``), each tracked
+label's mean score (``confidence:<label>``) and, for detectors, its detections per sample
+(``rate:<label>``) falling. A detector's ``Result.confidence`` is 0 when it finds no box, so its
+mean over all samples falls whenever fewer objects are in view (an empty scene at night) without any
+decay of the model; a detector's ``confidence`` decay is therefore measured over the samples with at
+least one box only (``detected_conf``: their mean and std; a window needs ``MIN_LABEL_COUNT`` of
+them), and a change in how many objects are in view is left to ``rate:<label>`` and to the drift
+scores of ``detections``. The drift scores of a detector's ``confidence`` (PSI, JS, mean shift) are
+still over every sample, 0 for no box: they say the output distribution changed, which fewer objects
+in view does change, not that the model decayed.
+
 Thresholds (``thresholds[n]["metric:score"]``) are bootstrapped, not constants. For each window size n:
 
 1. ``REPLICATES`` (B = 4000) replicate windows of n samples are drawn from the reference (in capture
@@ -141,6 +152,8 @@ MAX_REPLICATES = 1_000_000
 MAX_ABS = 1e12
 MIN_STD = 1e-12
 SUM_TOLERANCE = 1e-3
+# the bootstrap group of a detector's confidence over the samples with a box
+DETECTED_CONF = "confidence#detected"
 
 
 class ReferenceError(BundleError):
@@ -220,6 +233,9 @@ class ReferenceProfile:
     block: int = 1  # the longest moving-block bootstrap block length used (samples)
     alpha: float = ALPHA
     replicates: int = REPLICATES
+    # detectors: (mean, std) of the confidence of the samples with at least one box (its decay); None
+    # when the reference had too few of them (or was made before this was measured)
+    detected_conf: tuple[float, float] | None = None
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -227,7 +243,10 @@ class ReferenceProfile:
 
     def decay_metrics(self) -> tuple[str, ...]:
         """The one-sided decay metrics: confidence, confidence:<label>, rate:<label>."""
-        out = ["confidence"] if "confidence" in self.metrics else []
+        confidence = "confidence" in self.metrics and (
+            self.kind != "detections" or self.detected_conf is not None
+        )
+        out = ["confidence"] if confidence else []
         out += [f"confidence:{label}" for label in self.class_conf]
         out += [f"rate:{label}" for label in self.class_rate]
         return tuple(out)
@@ -264,8 +283,8 @@ class ReferenceProfile:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """What the manifest's ``reference`` holds (schema 1)."""
-        return {
+        """What the manifest's ``reference`` holds (schema 1; ``detected_conf`` only when there is one)."""
+        doc: dict[str, Any] = {
             "schema": SCHEMA,
             "origin": self.origin,
             "kind": self.kind,
@@ -279,6 +298,9 @@ class ReferenceProfile:
             "class_rate": {k: list(v) for k, v in self.class_rate.items()},
             "thresholds": {str(n): dict(t) for n, t in sorted(self.thresholds.items())},
         }
+        if self.detected_conf is not None:
+            doc["detected_conf"] = list(self.detected_conf)
+        return doc
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -337,6 +359,13 @@ def build_reference(
     blocks = {m: _politis_white(np.where(present[m], table[m], np.nanmean(table[m]))) for m in metrics}
     if labels.priors or labels.conf:
         blocks[CLASSES] = max(_politis_white(x) for x in labels.series())
+    detected_conf = None
+    if kind == "detections" and "confidence" in metrics:
+        detected = _detected(table)
+        if np.count_nonzero(detected) >= MIN_DECAY_COUNT:
+            conf = table["confidence"][detected]
+            detected_conf = (float(conf.mean()), max(float(conf.std()), CONF_STD_FLOOR))
+            blocks[DETECTED_CONF] = _politis_white(np.where(detected, table["confidence"], conf.mean()))
     profile = ReferenceProfile(
         metrics=metrics,
         class_priors=labels.priors,
@@ -349,6 +378,7 @@ def build_reference(
         block=max(blocks.values()),
         alpha=alpha,
         replicates=replicates,
+        detected_conf=detected_conf,
     )
     design = _Design(profile, table, present, labels, blocks)
     thresholds = _bootstrap(design, profile, sizes, rng or np.random.default_rng(SEED))
@@ -365,6 +395,14 @@ def _kind(samples: Sequence[Sample]) -> str:
 
 def _applicable(kind: str) -> tuple[str, ...]:
     return (*IMAGE_METRICS, *RESULT_METRICS_FOR.get(kind, ("confidence",)))
+
+
+def _detected(table: Mapping[str, Array]) -> npt.NDArray[np.bool_]:
+    """The samples of a detector with at least one box and a confidence (``Window.detected_confidence``)."""
+    conf, count = table["confidence"], table["detections"]
+    with np.errstate(invalid="ignore"):
+        out: npt.NDArray[np.bool_] = np.isfinite(conf) & np.isfinite(count) & (count >= 1)
+    return out
 
 
 def _metric_reference(metric: str, x: Array, bins: int) -> MetricReference:
@@ -582,6 +620,13 @@ class _Design:
         if profile.class_rate:
             add("rate#n", labels.rate_counts, CLASSES)
             add("rate#n2", labels.rate_counts**2, CLASSES)
+        if profile.detected_conf is not None:
+            mu, sd = profile.detected_conf
+            detected = _detected(table)
+            z = np.where(detected, (np.where(detected, table["confidence"], mu) - mu) / sd, 0.0)
+            add("detconf#n", detected.astype(np.float64), DETECTED_CONF)
+            add("detconf#z", z, DETECTED_CONF)
+            add("detconf#z2", z * z, DETECTED_CONF)
         self.matrix = np.ascontiguousarray(np.hstack(parts))
         self.width = self.matrix.shape[1]
         self._columns = {b: np.asarray(c) for b, c in self.groups.items()}
@@ -677,8 +722,17 @@ def replicate_scores(
                 drift[key(m, "psi")] = np.where(absent, np.nan, scores.psi(p, counts))
                 drift[key(m, "js")] = np.where(absent, np.nan, scores.js_bits(p, counts))
             drift[key(m, "mean_shift")] = np.where(absent, np.nan, scores.mean_shift(mean_r, std_r, mean_w))
-            if m == "confidence":
+            if m == "confidence" and profile.kind != "detections":
                 decay[key(m, DECAY_SCORE)] = np.where(absent, np.nan, scores.drop(mean_r, std_r, mean_w))
+        if profile.detected_conf is not None:  # a detector's: over the samples with a box
+            sd = profile.detected_conf[1]
+            cr, cw = ref[:, cols["detconf#n"]][:, 0], win[:, cols["detconf#n"]][:, 0]
+            mean_r = ref[:, cols["detconf#z"]][:, 0] / cr
+            var_r = ref[:, cols["detconf#z2"]][:, 0] / cr - mean_r**2
+            std_r = np.maximum(np.sqrt(np.maximum(var_r, 0.0)), CONF_STD_FLOOR / sd)
+            mean_w = win[:, cols["detconf#z"]][:, 0] / cw
+            ok = (cw >= MIN_LABEL_COUNT) & (cr > 0)
+            decay[key("confidence", DECAY_SCORE)] = np.where(ok, scores.drop(mean_r, std_r, mean_w), np.nan)
         if profile.class_priors:
             tr, tw = ref[:, cols["labels"]], win[:, cols["labels"]]
             priors = ref[:, cols["priors"]] / tr
@@ -787,6 +841,10 @@ def parse_reference(obj: Any, *, labels: Sequence[str] = (), where: str = "refer
     ``labels``: the model's labels; when given, a profile naming other classes is refused
     ("wrong_classes"). Raises ``ReferenceError`` with ``reason`` "malformed", "missing_metrics" or
     "wrong_classes".
+
+    ``detected_conf`` is optional (detector profiles only): a detector profile made before it was
+    measured parses without it, and its ``confidence:drop`` threshold, calibrated on the mean over
+    every sample, is left out.
     """
     return _Parser(where).profile(obj, labels)
 
@@ -808,6 +866,7 @@ class _Parser:
             "thresholds",
         )
     )
+    OPTIONAL = frozenset(("detected_conf",))
 
     def __init__(self, where: str) -> None:
         self.where = where
@@ -861,23 +920,23 @@ class _Parser:
         std = self.number(d["std"], f"metrics.{name}.std", MIN_STD)
         return MetricReference(tuple(edges), tuple(props), mean, std)
 
+    def pair(self, v: Any, what: str, lo: float) -> tuple[float, float]:
+        mean, std = self.numbers(v, what, 2, 2)
+        self.number(mean, f"{what} mean", lo)
+        self.number(std, f"{what} std", MIN_STD)
+        return mean, std
+
     def pairs(self, v: Any, what: str, lo: float) -> dict[str, tuple[float, float]]:
         d = self.obj(v, what, MAX_LABELS)
-        out: dict[str, tuple[float, float]] = {}
-        for label, pair in d.items():
-            mean, std = self.numbers(pair, f"{what}.{label}", 2, 2)
-            self.number(mean, f"{what}.{label} mean", lo)
-            self.number(std, f"{what}.{label} std", MIN_STD)
-            out[label] = (mean, std)
-        return out
+        return {label: self.pair(pair, f"{what}.{label}", lo) for label, pair in d.items()}
 
     def profile(self, obj: Any, labels: Sequence[str]) -> ReferenceProfile:
         d = self.obj(obj, "the reference", 64)
-        if set(d) != self.FIELDS:
-            missing, extra = sorted(self.FIELDS - set(d)), sorted(set(d) - self.FIELDS)
+        if not self.FIELDS <= set(d) <= self.FIELDS | self.OPTIONAL:
+            missing, extra = sorted(self.FIELDS - set(d)), sorted(set(d) - self.FIELDS - self.OPTIONAL)
             raise self.fail(
                 f"the reference must hold exactly {', '.join(sorted(self.FIELDS))} "
-                f"(missing: {missing}, unknown: {extra})"
+                f"and may hold {', '.join(sorted(self.OPTIONAL))} (missing: {missing}, unknown: {extra})"
             )
         if self.integer(d["schema"], "schema", 0, 1_000_000) != SCHEMA:
             raise self.fail(f"schema {d['schema']} is not supported (this agent reads schema {SCHEMA})")
@@ -901,8 +960,26 @@ class _Parser:
             raise self.fail("class_priors must sum to at most 1")
         conf = self.pairs(d["class_conf"], "class_conf", -MAX_ABS)
         rate = self.pairs(d["class_rate"], "class_rate", 0)
+        detected_conf = None
+        if "detected_conf" in d:
+            if kind != "detections":
+                raise self.fail(
+                    f"detected_conf (confidence over samples with a box) does not apply to a {kind} model"
+                )
+            detected_conf = self.pair(d["detected_conf"], "detected_conf", -MAX_ABS)
         profile = ReferenceProfile(
-            metrics, priors, conf, {}, samples, origin, kind, rate, block, alpha, replicates
+            metrics,
+            priors,
+            conf,
+            {},
+            samples,
+            origin,
+            kind,
+            rate,
+            block,
+            alpha,
+            replicates,
+            detected_conf=detected_conf,
         )
         thresholds = self.thresholds(d["thresholds"], profile)
         missing = [m for m in REQUIRED_METRICS if m not in metrics]
@@ -924,12 +1001,20 @@ class _Parser:
             key(m, s) for m, r in profile.metrics.items() for s in r.score_names
         }  # the others may be absent
         allowed = set(profile.drift_keys()) | set(profile.decay_keys())
+        # a detector profile made before detected_conf: its confidence:drop is of the mean over every
+        # sample (0 for no box), a statistic the detector no longer computes; it is left out
+        stale = (
+            {key("confidence", DECAY_SCORE)}
+            if profile.kind == "detections" and profile.detected_conf is None
+            else set()
+        )
         out: dict[int, dict[str, float]] = {}
         for size_text, table in d.items():
             if not (size_text.isascii() and size_text.isdigit() and str(int(size_text)) == size_text):
                 raise self.fail(f"thresholds: window size {_short(size_text)} is not a plain integer")
             size = self.integer(int(size_text), "thresholds window size", 2, MAX_WINDOW)
             t = self.obj(table, f"thresholds.{size}", len(allowed) + 8)
+            t = {k: x for k, x in t.items() if k not in stale}
             extra, absent = sorted(set(t) - allowed), sorted(required - set(t))
             if extra or absent:
                 raise self.fail(

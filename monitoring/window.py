@@ -90,6 +90,7 @@ class Window:
     _moments: dict[str, _Welford] = field(default_factory=dict, init=False, repr=False)
     _class_counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _class_score_sums: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _detected_conf: list[float] = field(default_factory=list, init=False, repr=False)
     _latencies: list[float] = field(default_factory=list, init=False, repr=False)
     _sample_latency: _Welford = field(default_factory=_Welford, init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
@@ -110,6 +111,9 @@ class Window:
             if moments is None:
                 moments = self._moments[metric] = _Welford()
             moments.add(value)
+        boxes, conf = sample.values.get("detections", 0.0), sample.values.get("confidence", math.nan)
+        if math.isfinite(boxes) and boxes >= 1 and math.isfinite(conf):  # a detector's, with a box
+            self._detected_conf.append(conf)
         for label, score in sample.labels:
             self._class_counts[label] = self._class_counts.get(label, 0) + 1
             self._class_score_sums[label] = self._class_score_sums.get(label, 0.0) + score
@@ -133,6 +137,11 @@ class Window:
     def values(self, metric: str) -> npt.NDArray[np.float64]:
         """The raw values of ``metric`` in sample order (empty when the metric never appeared)."""
         return np.asarray(self._values.get(metric, ()), np.float64)
+
+    def detected_confidence(self) -> npt.NDArray[np.float64]:
+        """The confidence of each sample with at least one box (detectors: its decay is judged on these,
+        since a detector's confidence is 0 when it sees nothing)."""
+        return np.asarray(self._detected_conf, np.float64)
 
     @property
     def metrics(self) -> tuple[str, ...]:

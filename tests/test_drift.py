@@ -5,8 +5,8 @@
   (synthetic autocorrelated streams for the count; real demo frames for a smaller check).
 - Darkened and blurred frames fire brightness, contrast and sharpness alerts within K windows of the
   change and none before; the unchanged source raises none over as many windows.
-- A confidence decay raises retrain_suggested with its evidence; alerts clear with hysteresis; the
-  detector's state survives a restart exactly.
+- A confidence decay raises retrain_suggested with its evidence, fewer objects in view does not;
+  alerts clear with hysteresis; the detector's state survives a restart exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import pytest
 
 from monitoring.drift import SCORES, Alert, DriftDetector, Verdict
 from monitoring.frame_stats import Sample
-from monitoring.reference import WINDOW_SIZES, MetricReference, ReferenceProfile, build_reference
+from monitoring.reference import (
+    MIN_LABEL_COUNT,
+    WINDOW_SIZES,
+    MetricReference,
+    ReferenceProfile,
+    build_reference,
+)
 from monitoring.window import Window
 from tests.fixtures.drift_streams import demo_samples, synthetic, windows
 
@@ -143,6 +149,64 @@ def test_a_confidence_decay_on_a_changed_scene_suggests_retraining(demo_referenc
     doc = alert.to_json()
     assert doc["kind"] == "retrain_suggested" and doc["windows"] == [5, 6, 7] and doc["frames"] == []
     assert Alert.from_json(json.loads(json.dumps(doc))) == alert
+
+
+# ---------------------------------------------------------------------------------------------- decay
+
+
+@pytest.fixture(scope="module")
+def detector_stream_reference() -> tuple[ReferenceProfile, float]:
+    """A detector's reference (2000 synthetic samples) and its share of samples with no box."""
+    samples = synthetic(np.random.default_rng(31), 2000)
+    empty = float(np.mean([s.values["detections"] == 0 for s in samples]))
+    return build_reference(samples), empty
+
+
+def test_fewer_objects_in_view_is_not_confidence_decay(
+    detector_stream_reference: tuple[ReferenceProfile, float],
+) -> None:
+    """Twice as many frames show nothing (0 confidence), the boxes seen score as before: the count
+    change is drift on detections and a fall in the detection rate, not a decay of the confidence."""
+    profile, empty = detector_stream_reference
+    more_empty = empty / (1 - empty)  # empty + (1 - empty) * more_empty = 2 * empty
+    held_out = synthetic(np.random.default_rng(32), 120 * 6, empty=more_empty, t0=1e5)
+    share = float(np.mean([s.values["detections"] == 0 for s in held_out]))
+    assert 1.8 * empty < share < 2.2 * empty
+    verdicts = run(DriftDetector(profile, model="m", version=1, k=K), list(windows(held_out, 120)))
+    raised = {(a.kind, a.metric) for v in verdicts for a in v.raised}
+    assert ("retrain_suggested", "confidence") not in raised, raised
+    assert not any("confidence" in v.decayed for v in verdicts)
+    confidence = [s for v in verdicts for s in v.scores if (s.metric, s.score) == ("confidence", "drop")]
+    assert len(confidence) == len(verdicts)  # it was judged in every window, and found no drop
+    assert ("drift", "detections") in raised  # the count change is seen where it belongs
+    assert any(metric.startswith("rate:") for kind, metric in raised if kind == "retrain_suggested")
+    assert profile.detected_conf is not None
+
+
+def test_a_drop_of_the_box_scores_is_confidence_decay(
+    detector_stream_reference: tuple[ReferenceProfile, float],
+) -> None:
+    profile, _ = detector_stream_reference
+    held_out = synthetic(np.random.default_rng(33), 120 * 6, score_shift=-0.1, t0=1e5)
+    verdicts = run(DriftDetector(profile, model="m", version=1, k=K), list(windows(held_out, 120)))
+    retrain = {a.metric: a for v in verdicts for a in v.raised if a.kind == "retrain_suggested"}
+    assert "confidence" in retrain, sorted(retrain)
+    alert = retrain["confidence"]
+    assert alert.windows == (0, 1, 2) and alert.score == "drop" and alert.value > alert.threshold > 0
+
+
+def test_a_detector_window_with_too_few_boxes_does_not_judge_confidence_decay(
+    detector_stream_reference: tuple[ReferenceProfile, float],
+) -> None:
+    profile, _ = detector_stream_reference
+    dark = synthetic(np.random.default_rng(34), 120, empty=0.97, score_shift=-0.5, t0=1e5)
+    boxed = sum(s.values["detections"] > 0 for s in dark)
+    w = next(windows(dark, 120))
+    assert w.detected_confidence().size == boxed
+    verdict = DriftDetector(profile, model="m", version=1).judge(w)
+    judged = {(s.metric, s.score) for s in verdict.scores}
+    assert (("confidence", "drop") in judged) == (boxed >= MIN_LABEL_COUNT)
+    assert boxed < MIN_LABEL_COUNT and "confidence" not in verdict.decayed
 
 
 # ---------------------------------------------------------------------------------------------- state machine

@@ -218,6 +218,24 @@ def test_a_window_keeps_raw_values_welford_moments_and_class_statistics() -> Non
     assert s.to_json()["class_counts"] == {"face": 200, "hand": 50}
 
 
+def test_a_window_keeps_the_confidence_of_the_detector_samples_with_a_box(stats: FrameStats) -> None:
+    """A detector's confidence is 0 when it finds nothing: its decay is judged on the samples with a box."""
+    w = Window(0, 0.0)
+    image = scene(64, 48)
+    box = Detection("face", 0.7, (0, 0, 1, 1))
+    for i, dets in enumerate([[box], [], [box, box], [], []]):
+        conf = 0.7 if dets else 0.0
+        w.add(stats.sample(i, float(i), image, Result(kind="detections", confidence=conf, detections=dets)))
+    w.add(
+        stats.sample(5, 5.0, image, Result(kind="classes", confidence=0.9, classes=[ClassScore("cat", 0.9)]))
+    )
+    w.add(sample(6, {"detections": 1.0}))  # no confidence
+    w.add(sample(7, {"detections": 2.0, "confidence": math.nan}))
+    assert w.detected_confidence().tolist() == [0.7, 0.7]
+    assert w.values("confidence").tolist() == [0.7, 0.0, 0.7, 0.0, 0.0, 0.9]
+    assert Window(1, 0.0).detected_confidence().size == 0
+
+
 def test_a_window_counts_every_frame_for_fps_and_latency_percentiles() -> None:
     w = Window(0, 10.0)
     for i in range(300):  # 30 fps for 10 s

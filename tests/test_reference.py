@@ -70,6 +70,19 @@ def test_a_detector_profile_has_every_metric_classes_and_thresholds_per_size(
     assert "classes:linf" in profile.drift_keys() and "rate:face:drop" in profile.decay_keys()
 
 
+def test_a_detector_profile_measures_confidence_decay_over_the_samples_with_a_box(
+    profile: ReferenceProfile, stream: list[Sample]
+) -> None:
+    boxed = [s.values["confidence"] for s in stream if s.values["detections"] >= 1]
+    assert 0.5 * len(stream) < len(boxed) < len(stream)  # the stream has empty frames (confidence 0)
+    assert profile.detected_conf is not None
+    mean, std = profile.detected_conf
+    assert mean == pytest.approx(np.mean(boxed)) and std == pytest.approx(np.std(boxed))
+    assert mean > profile.metrics["confidence"].mean + 0.1  # the mean over every sample counts the zeros
+    assert all("confidence:drop" in t for t in profile.thresholds.values())
+    assert profile.to_json()["detected_conf"] == [mean, std]
+
+
 def test_every_bin_has_support_on_ties_and_discrete_metrics(
     profile: ReferenceProfile, stream: list[Sample]
 ) -> None:
@@ -201,7 +214,8 @@ def test_the_bootstrap_and_the_detector_compute_the_same_scores(
     }
     present = {m: np.isfinite(x) for m, x in table.items()}
     labels = ref_mod._Labels.of(stream, profile.kind)
-    design = ref_mod._Design(profile, table, present, labels, dict.fromkeys([*profile.metrics, "classes"], 1))
+    blocks = dict.fromkeys([*profile.metrics, ref_mod.CLASSES, ref_mod.DETECTED_CONF], 1)
+    design = ref_mod._Design(profile, table, present, labels, blocks)
     weights = np.zeros((1, len(stream)))
     weights[0, 700:760] = 1.0
     drift, decay = replicate_scores(
@@ -287,6 +301,9 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("class_priors", {"face": 0.9, "person": 0.9}, "sum to at most 1"),
     ("class_priors/face", 1.5, "finite number in [0, 1]"),
     ("class_priors", {"x" * 300: 0.5}, "bad key"),
+    ("detected_conf", [0.8], "list of 2..2 numbers"),
+    ("detected_conf", [0.8, 0.0], "detected_conf std must be"),
+    ("detected_conf", None, "detected_conf must be a list"),
     ("class_priors", {f"c{i}": 0.0001 for i in range(1001)}, "over the limit"),
     ("class_conf/face", [0.8], "list of 2..2 numbers"),
     ("class_conf/face", [0.8, -1.0], "std must be a finite number"),
