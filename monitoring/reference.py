@@ -32,7 +32,8 @@ least one box only (``detected_conf``: their mean and std; a window needs ``MIN_
 them), and a change in how many objects are in view is left to ``rate:<label>`` and to the drift
 scores of ``detections``. The drift scores of a detector's ``confidence`` (PSI, JS, mean shift) are
 still over every sample, 0 for no box: they say the output distribution changed, which fewer objects
-in view does change, not that the model decayed.
+in view does change, not that the model decayed. ``decay_ready`` says whether a profile can judge the
+decay its kind should be judged on (``decay_note`` says what it lacks).
 
 Thresholds (``thresholds[n]["metric:score"]``) are bootstrapped, not constants. For each window size n:
 
@@ -161,7 +162,8 @@ class ReferenceError(BundleError):
 
     def __init__(self, message: str, reason: str = "malformed") -> None:
         super().__init__(message)
-        self.reason = reason  # "malformed" | "wrong_classes" | "missing_metrics" | "too_few_samples"
+        # "malformed" | "wrong_kind" | "wrong_classes" | "missing_metrics" | "too_few_samples"
+        self.reason = reason
 
 
 def key(metric: str, score: str) -> str:
@@ -259,6 +261,41 @@ class ReferenceProfile:
 
     def decay_keys(self) -> tuple[str, ...]:
         return tuple(key(m, DECAY_SCORE) for m in self.decay_metrics())
+
+    @property
+    def decay_ready(self) -> bool:
+        """Whether every window size has the decay thresholds the model's kind needs (``decay_note``)."""
+        return self.decay_note is None
+
+    @property
+    def decay_note(self) -> str | None:
+        """What the profile lacks to suggest retraining, for a warning; None when it lacks nothing.
+
+        Every kind needs ``confidence:drop`` (a detector's over the samples with a box); a detector
+        also needs ``rate:<label>:drop`` for at least one label, or fewer detections go unjudged.
+        """
+        if not self.thresholds:
+            return "it has no thresholds"
+        tables = self.thresholds.values()
+        gaps = []
+        if not all(key("confidence", DECAY_SCORE) in t for t in tables):
+            gaps.append(
+                "no confidence decay (too few samples with a box in the reference)"
+                if self.kind == "detections"
+                else "no confidence decay"
+            )
+        if self.kind == "detections" and not any(
+            all(key(f"rate:{label}", DECAY_SCORE) in t for t in tables) for label in self.class_rate
+        ):
+            gaps.append(
+                f"no detection-rate decay (no label in {DECAY_MIN_SHARE:.0%} of the reference's samples)"
+            )
+        if not gaps:
+            return None
+        return (
+            f"the reference cannot suggest retraining on all it should: {'; '.join(gaps)}; "
+            "rebuild it from frames that show what the model detects"
+        )
 
     def thresholds_for(self, n: int) -> dict[str, float] | None:
         """Thresholds for a window of ``n`` samples (see the module docstring); None below the smallest."""
@@ -835,18 +872,24 @@ class _Tail:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def parse_reference(obj: Any, *, labels: Sequence[str] = (), where: str = "reference") -> ReferenceProfile:
+def parse_reference(
+    obj: Any, *, labels: Sequence[str] = (), kind: str | None = None, where: str = "reference"
+) -> ReferenceProfile:
     """A ``ReferenceProfile`` from the manifest's ``reference`` (untrusted): strict about every field.
 
     ``labels``: the model's labels; when given, a profile naming other classes is refused
-    ("wrong_classes"). Raises ``ReferenceError`` with ``reason`` "malformed", "missing_metrics" or
-    "wrong_classes".
+    ("wrong_classes"). ``kind``: the model's Result kind ("classes" | "detections" | "outputs");
+    when given, a profile made for another kind is refused ("wrong_kind": a classifier's profile
+    on a detector would never score its detections). Raises ``ReferenceError`` with ``reason``
+    "malformed", "wrong_kind", "missing_metrics" or "wrong_classes" (checked in that order).
 
     ``detected_conf`` is optional (detector profiles only): a detector profile made before it was
     measured parses without it, and its ``confidence:drop`` threshold, calibrated on the mean over
-    every sample, is left out.
+    every sample, is left out; ``decay_ready`` is then False.
     """
-    return _Parser(where).profile(obj, labels)
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    return _Parser(where).profile(obj, labels, kind)
 
 
 class _Parser:
@@ -930,7 +973,7 @@ class _Parser:
         d = self.obj(v, what, MAX_LABELS)
         return {label: self.pair(pair, f"{what}.{label}", lo) for label, pair in d.items()}
 
-    def profile(self, obj: Any, labels: Sequence[str]) -> ReferenceProfile:
+    def profile(self, obj: Any, labels: Sequence[str], want_kind: str | None) -> ReferenceProfile:
         d = self.obj(obj, "the reference", 64)
         if not self.FIELDS <= set(d) <= self.FIELDS | self.OPTIONAL:
             missing, extra = sorted(self.FIELDS - set(d)), sorted(set(d) - self.FIELDS - self.OPTIONAL)
@@ -953,6 +996,9 @@ class _Parser:
         unknown = [m for m in raw_metrics if m not in METRICS]
         if unknown:
             raise self.fail(f"metrics names unknown metric(s) {', '.join(map(repr, unknown))}")
+        foreign_metrics = [m for m in raw_metrics if m in METRICS and m not in _applicable(kind)]
+        if foreign_metrics:
+            raise self.fail(f"metrics {', '.join(map(repr, foreign_metrics))} do not apply to a {kind} model")
         metrics = {m: self.metric(m, raw_metrics[m]) for m in METRICS if m in raw_metrics}
         priors_raw = self.obj(d["class_priors"], "class_priors", MAX_LABELS)
         priors = {label: self.number(p, f"class_priors.{label}", 0, 1) for label, p in priors_raw.items()}
@@ -960,6 +1006,8 @@ class _Parser:
             raise self.fail("class_priors must sum to at most 1")
         conf = self.pairs(d["class_conf"], "class_conf", -MAX_ABS)
         rate = self.pairs(d["class_rate"], "class_rate", 0)
+        if rate and kind != "detections":
+            raise self.fail(f"class_rate (detections per sample) does not apply to a {kind} model")
         detected_conf = None
         if "detected_conf" in d:
             if kind != "detections":
@@ -982,6 +1030,11 @@ class _Parser:
             detected_conf=detected_conf,
         )
         thresholds = self.thresholds(d["thresholds"], profile)
+        if want_kind is not None and kind != want_kind:
+            raise self.fail(
+                f"it was made for a model whose results are {kind}, but this model's are {want_kind}",
+                "wrong_kind",
+            )
         missing = [m for m in REQUIRED_METRICS if m not in metrics]
         if missing:
             raise self.fail(f"it lacks the metric(s) {', '.join(missing)}", "missing_metrics")

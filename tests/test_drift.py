@@ -180,7 +180,7 @@ def test_fewer_objects_in_view_is_not_confidence_decay(
     assert len(confidence) == len(verdicts)  # it was judged in every window, and found no drop
     assert ("drift", "detections") in raised  # the count change is seen where it belongs
     assert any(metric.startswith("rate:") for kind, metric in raised if kind == "retrain_suggested")
-    assert profile.detected_conf is not None
+    assert profile.detected_conf is not None and profile.decay_ready
 
 
 def test_a_drop_of_the_box_scores_is_confidence_decay(

@@ -68,6 +68,7 @@ def test_a_detector_profile_has_every_metric_classes_and_thresholds_per_size(
         assert set(profile.thresholds[n]) == set(profile.drift_keys()) | set(profile.decay_keys())
         assert all(math.isfinite(t) and t >= 0 for t in profile.thresholds[n].values())
     assert "classes:linf" in profile.drift_keys() and "rate:face:drop" in profile.decay_keys()
+    assert profile.decay_ready and profile.decay_note is None
 
 
 def test_a_detector_profile_measures_confidence_decay_over_the_samples_with_a_box(
@@ -81,6 +82,37 @@ def test_a_detector_profile_measures_confidence_decay_over_the_samples_with_a_bo
     assert mean > profile.metrics["confidence"].mean + 0.1  # the mean over every sample counts the zeros
     assert all("confidence:drop" in t for t in profile.thresholds.values())
     assert profile.to_json()["detected_conf"] == [mean, std]
+
+
+def test_a_detector_reference_with_too_few_boxes_has_no_confidence_decay_and_says_so() -> None:
+    samples = synthetic(np.random.default_rng(4), 400, empty=0.96)
+    assert sum(s.values["detections"] >= 1 for s in samples) < ref_mod.MIN_DECAY_COUNT
+    p = build_reference(samples, window_sizes=(30,), replicates=1000, alpha=0.005)
+    assert p.detected_conf is None and "confidence" not in p.decay_metrics()
+    assert not p.decay_ready and p.class_rate == {}
+    note = p.decay_note or ""
+    assert "no confidence decay" in note and "no detection-rate decay" in note
+    assert "detected_conf" not in p.to_json()
+    assert parse_reference(p.to_json()) == p
+
+
+def test_decay_ready_per_kind(profile: ReferenceProfile, classifier_profile: ReferenceProfile) -> None:
+    assert classifier_profile.decay_ready and classifier_profile.detected_conf is None
+    doc = valid(classifier_profile)
+    for t in doc["thresholds"].values():
+        del t["confidence:drop"]
+    p = parse_reference(doc)  # accepted: a reference without decay thresholds is reported, not refused
+    assert not p.decay_ready and "no confidence decay" in (p.decay_note or "")
+    doc = valid(profile)
+    for t in doc["thresholds"].values():
+        for k in [k for k in t if k.startswith("rate:")]:
+            del t[k]
+    p = parse_reference(doc)
+    assert (
+        not p.decay_ready
+        and (p.decay_note or "").count("decay") == 1
+        and "detection-rate" in (p.decay_note or "")
+    )
 
 
 def test_every_bin_has_support_on_ties_and_discrete_metrics(
@@ -301,6 +333,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("class_priors", {"face": 0.9, "person": 0.9}, "sum to at most 1"),
     ("class_priors/face", 1.5, "finite number in [0, 1]"),
     ("class_priors", {"x" * 300: 0.5}, "bad key"),
+    ("metrics/margin", {"edges": [0.5], "proportions": [0.5, 0.5], "mean": 0.5, "std": 0.1}, "do not apply"),
     ("detected_conf", [0.8], "list of 2..2 numbers"),
     ("detected_conf", [0.8, 0.0], "detected_conf std must be"),
     ("detected_conf", None, "detected_conf must be a list"),
@@ -371,6 +404,59 @@ def test_a_profile_lacking_an_image_metric_or_confidence_is_missing_metrics(
     assert err.value.reason == "missing_metrics" and metric in str(err.value)
 
 
+def test_detector_only_statistics_in_a_classifier_profile_are_malformed(
+    classifier_profile: ReferenceProfile,
+) -> None:
+    for field, value, says in (
+        ("detected_conf", [0.8, 0.1], "detected_conf"),
+        ("class_rate", {"cat": [0.5, 0.5]}, "class_rate"),
+        (
+            "metrics/detections",
+            {"edges": [1.0], "proportions": [0.5, 0.5], "mean": 1.0, "std": 1.0},
+            "'detections'",
+        ),
+    ):
+        with pytest.raises(ReferenceError) as err:
+            parse_reference(set_path(valid(classifier_profile), field, value))
+        assert (
+            err.value.reason == "malformed" and says in str(err.value) and "classes model" in str(err.value)
+        )
+
+
+def test_a_profile_for_another_kind_of_model_is_wrong_kind(
+    profile: ReferenceProfile, classifier_profile: ReferenceProfile
+) -> None:
+    assert parse_reference(valid(profile), kind="detections") == profile
+    assert parse_reference(valid(classifier_profile), kind="classes") == classifier_profile
+    for doc, kind in (
+        (valid(classifier_profile), "detections"),
+        (valid(profile), "classes"),
+        (valid(profile), "outputs"),
+    ):
+        with pytest.raises(ReferenceError) as err:
+            parse_reference(doc, kind=kind, labels=["face", "person", "cat", "dog", "fox"])
+        assert err.value.reason == "wrong_kind" and f"this model's are {kind}" in str(err.value)
+    with pytest.raises(ReferenceError) as err:  # a malformed profile is malformed first
+        parse_reference(set_path(valid(classifier_profile), "samples", 0), kind="detections")
+    assert err.value.reason == "malformed"
+    with pytest.raises(ValueError):
+        parse_reference(valid(profile), kind="boxes")
+
+
+def test_a_detector_profile_made_before_detected_conf_parses_without_confidence_decay(
+    profile: ReferenceProfile,
+) -> None:
+    """Its confidence:drop threshold is of the mean over every sample, which the detector no longer
+    computes: it is left out, and decay_ready says the reference lacks the confidence decay."""
+    old = valid(profile)
+    del old["detected_conf"]
+    p = parse_reference(old, kind="detections")
+    assert p.detected_conf is None and "confidence" not in p.decay_metrics()
+    assert all("confidence:drop" not in t for t in p.thresholds.values())
+    assert all("rate:face:drop" in t and "confidence:face:drop" in t for t in p.thresholds.values())
+    assert not p.decay_ready and "no confidence decay" in (p.decay_note or "")
+
+
 def test_reference_error_is_a_bundle_error_with_a_reason() -> None:
     err = ReferenceError("x: bad", "wrong_classes")
     assert isinstance(err, BundleError) and err.reason == "wrong_classes"
@@ -406,7 +492,7 @@ def must_only_refuse(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except ReferenceError as err:
-        assert err.reason in ("malformed", "missing_metrics", "wrong_classes")
+        assert err.reason in ("malformed", "wrong_kind", "missing_metrics", "wrong_classes")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -423,7 +509,9 @@ def test_fuzz_a_valid_profile_with_one_part_replaced(data: st.DataObject, profil
     value = data.draw(json_values | st.sampled_from([DELETE, 0, -1, 1e308, "", [], {}]))
     mutated = set_path(doc, path, value)
     result: list[ReferenceProfile] = []
-    must_only_refuse(lambda: result.append(parse_reference(mutated, labels=["face", "person"])))
+    must_only_refuse(
+        lambda: result.append(parse_reference(mutated, labels=["face", "person"], kind="detections"))
+    )
     if result:  # what is accepted is usable: thresholds for its sizes, finite, and judges a window
         p = result[0]
         assert all(math.isfinite(t) for table in p.thresholds.values() for t in table.values())
