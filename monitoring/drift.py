@@ -9,6 +9,7 @@ A detector's ``confidence`` decay is the mean confidence of the window's samples
 box (0 would mean "no box", not "unsure": fewer objects in view is not decay); a window with fewer
 than ``MIN_LABEL_COUNT`` such samples does not judge it. How many objects are in view is judged by
 ``rate:<label>`` and by the drift scores of ``detections`` (and of ``confidence``, over every sample).
+Labels that are not ``label_ok`` (too long for the wire) are ignored, as the reference ignores them.
 
 Alerts: ``drift`` for a metric after ``k`` consecutive drifted windows of it; ``retrain_suggested``
 for a decay metric after ``k`` consecutive windows over its threshold. An alert clears after
@@ -34,6 +35,7 @@ from monitoring.reference import (
     MIN_LABEL_COUNT,
     ReferenceProfile,
     key,
+    label_ok,
     shift_scale,
 )
 from monitoring.window import Window, WindowSummary
@@ -312,7 +314,7 @@ class DriftDetector:
                     put(
                         decay, "confidence", DECAY_SCORE, float(scores.drop(mu, sd, boxed.mean())), thresholds
                     )
-            counts_by_label = window.class_counts
+            counts_by_label = {k: c for k, c in window.class_counts.items() if label_ok(k)}
             total = sum(counts_by_label.values())
             if ref.class_priors and total > 0:
                 labels = list(ref.class_priors) + sorted(set(counts_by_label) - set(ref.class_priors))

@@ -21,7 +21,10 @@ Per metric (``monitoring.frame_stats.METRICS`` that apply to the model's kind):
 Classes: the label priors (share of each label among all labels: top-1 per sample for a classifier,
 one per box for a detector), and for the labels seen often enough (``DECAY_MIN_SHARE`` of the samples,
 at most ``MAX_DECAY_LABELS``) the mean and std of their scores and, for detectors, of their count per
-sample (the detection rate).
+sample (the detection rate). Only labels the MQTT protocol carries unchanged are profiled
+(``label_ok``: 1 to ``MAX_LABEL_LEN`` = 128 characters, no control characters, valid Unicode): the
+builders cut longer labels to 128 characters, so two longer labels would share one metric key on the
+wire; the detector ignores the others too, so the reference and a window see the same labels.
 
 Decay (``retrain_suggested``) is one-sided: the mean confidence (``confidence``), each tracked
 label's mean score (``confidence:<label>``) and, for detectors, its detections per sample
@@ -83,6 +86,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,7 +148,9 @@ REQUIRED_METRICS = (*IMAGE_METRICS, "confidence")
 # parse limits (the manifest is untrusted)
 MAX_EDGES = 31  # 32 bins
 MAX_LABELS = 1000
-MAX_LABEL_LEN = 200
+# ota.protocol.MAX_LABEL_CHARS: the MQTT builders cut a longer label (two could collide on the wire)
+MAX_LABEL_LEN = 128
+MAX_KEY_LEN = MAX_LABEL_LEN + 32  # any other object key ("confidence:<label>:drop")
 MAX_SIZES = 8
 MAX_WINDOW = 100_000
 MAX_SAMPLES = 10**9
@@ -155,6 +161,7 @@ MIN_STD = 1e-12
 SUM_TOLERANCE = 1e-3
 # the bootstrap group of a detector's confidence over the samples with a box
 DETECTED_CONF = "confidence#detected"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ReferenceError(BundleError):
@@ -169,6 +176,19 @@ class ReferenceError(BundleError):
 def key(metric: str, score: str) -> str:
     """The thresholds key of a score: ``"brightness:psi"``, ``"confidence:face:drop"``."""
     return f"{metric}:{score}"
+
+
+def label_ok(label: str) -> bool:
+    """Whether a label is profiled: 1..``MAX_LABEL_LEN`` characters, no control characters, valid
+    Unicode. Such a label crosses the wire unchanged (``ota.protocol`` cuts longer labels to 128
+    characters and replaces control characters), so two of them never share a metric key there."""
+    if not 1 <= len(label) <= MAX_LABEL_LEN or _CONTROL.search(label):
+        return False
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def split_key(k: str) -> tuple[str, str]:
@@ -502,12 +522,8 @@ class _Labels:
     @classmethod
     def of(cls, samples: Sequence[Sample], kind: str) -> _Labels:
         n = len(samples)
-        per_sample = [  # what a manifest can hold: finite scores, labels of a sane length
-            [
-                (label, score)
-                for label, score in s.labels
-                if math.isfinite(score) and len(label) <= MAX_LABEL_LEN
-            ]
+        per_sample = [  # finite scores, labels that cross the wire unchanged (as the detector counts)
+            [(label, score) for label, score in s.labels if math.isfinite(score) and label_ok(label)]
             for s in samples
         ]
         counts: Counter[str] = Counter(label for labels in per_sample for label, _ in labels)
@@ -940,9 +956,20 @@ class _Parser:
         if len(v) > limit:
             raise self.fail(f"{what} has {len(v)} entries, over the limit of {limit}")
         for k in v:
-            if not isinstance(k, str) or len(k) > MAX_LABEL_LEN:
+            if not isinstance(k, str) or len(k) > MAX_KEY_LEN:
                 raise self.fail(f"{what} has a bad key {_short(k)}")
         return v
+
+    def labelled(self, v: Any, what: str) -> dict[str, Any]:
+        """An object keyed by labels: each one ``label_ok`` (what crosses the wire unchanged)."""
+        d = self.obj(v, what, MAX_LABELS)
+        for k in d:
+            if not label_ok(k):
+                raise self.fail(
+                    f"{what} has a bad label {_short(k)} "
+                    f"(1-{MAX_LABEL_LEN} characters, no control characters)"
+                )
+        return d
 
     def numbers(self, v: Any, what: str, lo: int, hi: int) -> list[float]:
         if not isinstance(v, list) or not lo <= len(v) <= hi:
@@ -970,7 +997,7 @@ class _Parser:
         return mean, std
 
     def pairs(self, v: Any, what: str, lo: float) -> dict[str, tuple[float, float]]:
-        d = self.obj(v, what, MAX_LABELS)
+        d = self.labelled(v, what)
         return {label: self.pair(pair, f"{what}.{label}", lo) for label, pair in d.items()}
 
     def profile(self, obj: Any, labels: Sequence[str], want_kind: str | None) -> ReferenceProfile:
@@ -1000,7 +1027,7 @@ class _Parser:
         if foreign_metrics:
             raise self.fail(f"metrics {', '.join(map(repr, foreign_metrics))} do not apply to a {kind} model")
         metrics = {m: self.metric(m, raw_metrics[m]) for m in METRICS if m in raw_metrics}
-        priors_raw = self.obj(d["class_priors"], "class_priors", MAX_LABELS)
+        priors_raw = self.labelled(d["class_priors"], "class_priors")
         priors = {label: self.number(p, f"class_priors.{label}", 0, 1) for label, p in priors_raw.items()}
         if sum(priors.values()) > 1 + SUM_TOLERANCE:
             raise self.fail("class_priors must sum to at most 1")

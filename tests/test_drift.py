@@ -23,6 +23,7 @@ import pytest
 from monitoring.drift import SCORES, Alert, DriftDetector, Verdict
 from monitoring.frame_stats import Sample
 from monitoring.reference import (
+    MAX_LABEL_LEN,
     MIN_LABEL_COUNT,
     WINDOW_SIZES,
     MetricReference,
@@ -207,6 +208,36 @@ def test_a_detector_window_with_too_few_boxes_does_not_judge_confidence_decay(
     judged = {(s.metric, s.score) for s in verdict.scores}
     assert (("confidence", "drop") in judged) == (boxed >= MIN_LABEL_COUNT)
     assert boxed < MIN_LABEL_COUNT and "confidence" not in verdict.decayed
+
+
+def test_labels_too_long_for_the_wire_are_left_out_of_the_reference_and_of_the_window() -> None:
+    """The MQTT builders cut a label to 128 characters: a longer one is not profiled, and a window
+    does not count it either (else its class mix would always differ from the priors)."""
+    long = "p" * (MAX_LABEL_LEN + 1)
+
+    def renamed(samples: list[Sample]) -> list[Sample]:
+        return [
+            Sample(
+                s.ts,
+                s.frame,
+                s.values,
+                tuple((long if label == "person" else label, score) for label, score in s.labels),
+                s.latency_ms,
+            )
+            for s in samples
+        ]
+
+    rng = np.random.default_rng(41)
+    profile = build_reference(renamed(synthetic(rng, 1000)), window_sizes=(30,), replicates=1000, alpha=0.005)
+    assert set(profile.class_priors) == {"face"} and set(profile.class_conf) == set(profile.class_rate) == {
+        "face"
+    }
+    verdicts = run(
+        DriftDetector(profile, model="m", version=1), list(windows(renamed(synthetic(rng, 300)), 30))
+    )
+    linf = [s.value for v in verdicts for s in v.scores if s.metric == "classes"]
+    assert len(linf) == len(verdicts) and max(linf) == 0.0  # faces only, on both sides
+    assert not any("classes" in v.drifted for v in verdicts)
 
 
 # ---------------------------------------------------------------------------------------------- state machine

@@ -333,10 +333,15 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("class_priors", {"face": 0.9, "person": 0.9}, "sum to at most 1"),
     ("class_priors/face", 1.5, "finite number in [0, 1]"),
     ("class_priors", {"x" * 300: 0.5}, "bad key"),
+    ("class_priors", {"x" * 129: 0.5}, "bad label"),
+    ("class_priors", {"": 0.5}, "bad label"),
+    ("class_conf", {"a\nb": [0.8, 0.1]}, "bad label"),
+    ("class_rate", {"\x00": [0.8, 0.1]}, "bad label"),
     ("metrics/margin", {"edges": [0.5], "proportions": [0.5, 0.5], "mean": 0.5, "std": 0.1}, "do not apply"),
     ("detected_conf", [0.8], "list of 2..2 numbers"),
     ("detected_conf", [0.8, 0.0], "detected_conf std must be"),
     ("detected_conf", None, "detected_conf must be a list"),
+    ("thresholds/30/" + "k" * (ref_mod.MAX_KEY_LEN + 1), 0.1, "bad key"),
     ("class_priors", {f"c{i}": 0.0001 for i in range(1001)}, "over the limit"),
     ("class_conf/face", [0.8], "list of 2..2 numbers"),
     ("class_conf/face", [0.8, -1.0], "std must be a finite number"),
@@ -455,6 +460,17 @@ def test_a_detector_profile_made_before_detected_conf_parses_without_confidence_
     assert all("confidence:drop" not in t for t in p.thresholds.values())
     assert all("rate:face:drop" in t and "confidence:face:drop" in t for t in p.thresholds.values())
     assert not p.decay_ready and "no confidence decay" in (p.decay_note or "")
+
+
+def test_labels_are_those_that_cross_the_wire_unchanged() -> None:
+    from ota.protocol import MAX_LABEL_CHARS, METRIC_RE
+
+    assert ref_mod.MAX_LABEL_LEN == MAX_LABEL_CHARS
+    for label in ("face", "a:b c", "é" * 128, "x" * 128, "\ufffd"):
+        assert ref_mod.label_ok(label), label
+        assert METRIC_RE.fullmatch(f"confidence:{label}")  # the wire takes it as it is
+    for label in ("", "x" * 129, "a\nb", "tab\t", "\x7f", "\ud800"):
+        assert not ref_mod.label_ok(label), repr(label)
 
 
 def test_reference_error_is_a_bundle_error_with_a_reason() -> None:
