@@ -14,8 +14,12 @@ Labels that are not ``label_ok`` (too long for the wire) are ignored, as the ref
 Alerts: ``drift`` for a metric after ``k`` consecutive drifted windows of it; ``retrain_suggested``
 for a decay metric after ``k`` consecutive windows over its threshold. An alert clears after
 ``clear_k`` consecutive windows whose scores are all below ``hysteresis`` x their thresholds.
-A window smaller than the reference's smallest size is not judged and leaves the state alone; a
-metric a window lacks (a label too rare in it) leaves that metric's state alone.
+Consecutive means in time too: a judged window that starts more than ``GAP_FACTOR`` (1.5) window
+durations (the longer of its own and the previous judged window's) after the previous judged
+window ended (the agent was down, the camera dead) starts every run of drifted and of calm windows
+afresh; active alerts stay. A window smaller than the reference's smallest size is not judged and
+leaves the state alone; a metric a window lacks (a label too rare in it) leaves that metric's
+state alone.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ SCORES = ("psi", "js", "mean_shift", "linf")  # drift scores; js in bits (log ba
 DECAY_SCORES = (DECAY_SCORE,)  # "drop": one-sided fall in reference stds
 DRIFT = "drift"
 RETRAIN = "retrain_suggested"
-STATE_SCHEMA = 1
+STATE_SCHEMA = 1  # "last_span" was added later: a state without it still resumes
+GAP_FACTOR = 1.5  # a pause longer than this many window durations breaks a run of consecutive windows
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,7 @@ class DriftDetector:
         self._tracks: dict[tuple[str, str], _Track] = {}
         self._judged = 0
         self._last_index: int | None = None
+        self._last_span: Span | None = None  # the last judged window
         self.resumed = False
         self.state_note: str | None = None
         if state is not None:
@@ -255,6 +261,8 @@ class DriftDetector:
             return Verdict(summary, (), (), (), (), self._active(), judged=False)
         drift, decay = self._scores(window, thresholds)
         span: Span = (summary.index, summary.start_ts, summary.end_ts)
+        if self._last_span is not None and _gap(self._last_span, span):
+            self._break_runs()
         raised: list[Alert] = []
         cleared: list[Alert] = []
         for kind, groups in ((DRIFT, drift), (RETRAIN, decay)):
@@ -264,6 +272,7 @@ class DriftDetector:
                     (raised if event.state == "raised" else cleared).append(event)
         self._judged += 1
         self._last_index = summary.index
+        self._last_span = span
         all_scores = tuple(s for groups in (drift, decay) for group in groups.values() for s in group)
         return Verdict(
             window=summary,
@@ -361,6 +370,13 @@ class DriftDetector:
             del self._tracks[(kind, metric)]
         return event
 
+    def _break_runs(self) -> None:
+        """After a gap in time: no run of drifted or calm windows goes on over it (alerts stay)."""
+        for k, track in list(self._tracks.items()):
+            track.run, track.calm = [], []
+            if track.active is None:
+                del self._tracks[k]
+
     def _alert(self, track: _Track, worst: Score, state: str, spans: list[Span]) -> Alert:
         return Alert(
             kind=track.kind,
@@ -396,6 +412,7 @@ class DriftDetector:
             "fingerprint": self.fingerprint,
             "judged": self._judged,
             "last_index": self._last_index,
+            "last_span": list(self._last_span) if self._last_span is not None else None,
             "tracks": [t.to_json() for _, t in sorted(self._tracks.items())],
         }
 
@@ -418,12 +435,19 @@ class DriftDetector:
             judged = _int(state.get("judged"))
             last = state.get("last_index")
             last_index = None if last is None else _int(last)
+            if "last_span" in state:
+                raw = state["last_span"]
+                last_span = None if raw is None else _span(raw)
+            else:  # saved before last_span was kept: the latest window the tracks remember
+                spans = [s for t in tracks for s in (*t.run, *t.calm)]
+                last_span = max(spans, key=lambda s: s[2]) if spans else None
         except ValueError as exc:
             self.state_note = f"saved state could not be read ({exc}): starting afresh"
             return
         self._tracks = {(t.kind, t.metric): t for t in tracks}
         self._judged = judged
         self._last_index = last_index
+        self._last_span = last_span
         self.resumed = True
 
 
@@ -431,6 +455,12 @@ def fingerprint(reference: ReferenceProfile) -> str:
     """A short hash of the profile's JSON: a state saved against another profile is not resumed."""
     text = json.dumps(reference.to_json(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _gap(last: Span, span: Span) -> bool:
+    """Whether ``span`` starts more than GAP_FACTOR window durations after ``last`` ended."""
+    duration = max(last[2] - last[1], span[2] - span[1], 0.0)
+    return span[1] - last[2] > GAP_FACTOR * duration
 
 
 def _ratio(s: Score) -> float:

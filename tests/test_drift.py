@@ -6,7 +6,8 @@
 - Darkened and blurred frames fire brightness, contrast and sharpness alerts within K windows of the
   change and none before; the unchanged source raises none over as many windows.
 - A confidence decay raises retrain_suggested with its evidence, fewer objects in view does not;
-  alerts clear with hysteresis; the detector's state survives a restart exactly.
+  alerts clear with hysteresis; runs of windows do not go on over a gap in time; the detector's
+  state survives a restart exactly.
 """
 
 from __future__ import annotations
@@ -255,14 +256,13 @@ def hand_made(threshold: float = 1.0) -> ReferenceProfile:
     )
 
 
-def flat(index: int, value: float, n: int = 30) -> Window:
-    w = Window(index, 1000.0 + 60 * index)
+def flat(index: int, value: float, n: int = 30, later: float = 0.0) -> Window:
+    """Window ``index``: n samples 2 s apart from 1000 + 60 x index + ``later`` (58 s long; 2 s between
+    two windows)."""
+    start = 1000.0 + 60 * index + later
+    w = Window(index, start)
     for i in range(n):
-        w.add(
-            Sample(
-                ts=1000.0 + 60 * index + 2 * i, frame=i, values={"brightness": value}, labels=(), latency_ms=1
-            )
-        )
+        w.add(Sample(ts=start + 2 * i, frame=i, values={"brightness": value}, labels=(), latency_ms=1))
     return w
 
 
@@ -296,6 +296,51 @@ def test_a_window_below_the_smallest_size_is_not_judged_and_changes_nothing() ->
     small = detector.judge(flat(1, 130, n=29))
     assert not small.judged and small.scores == () and detector.state() == before
     assert detector.judge(flat(2, 130)).raised[0].windows == (0, 2)  # the run went on over the small one
+
+
+DAY = 86_400.0
+
+
+def test_a_run_of_drifted_windows_does_not_go_on_over_a_gap_in_time() -> None:
+    """Two drifted windows, a day without any, then drifted windows again: K = 3 are needed after
+    the gap. A pause under 1.5 window durations (87 s for these 58 s windows) does not break a run."""
+    detector = DriftDetector(hand_made(), model="m", version=1, k=3)
+    plan = [(0, 0.0), (1, 0.0), (2, DAY), (3, DAY), (4, DAY)]
+    verdicts = [detector.judge(flat(i, 130, later=later)) for i, later in plan]
+    assert all(v.drifted == ("brightness",) for v in verdicts)
+    assert [bool(v.raised) for v in verdicts] == [False, False, False, False, True]
+    assert verdicts[4].raised[0].windows == (2, 3, 4)
+
+    for pause, breaks in ((78.0, False), (86.0, True)):  # 2 s + pause between two windows
+        detector = DriftDetector(hand_made(), model="m", version=1, k=3)
+        plan = [(0, 0.0), (1, 0.0), (2, pause)]
+        verdicts = [detector.judge(flat(i, 130, later=later)) for i, later in plan]
+        assert bool(verdicts[2].raised) is not breaks, pause
+
+
+def test_a_run_of_calm_windows_does_not_go_on_over_a_gap_in_time() -> None:
+    detector = DriftDetector(hand_made(), model="m", version=1, k=1, clear_k=3)
+    plan = [(0, 130, 0.0), (1, 100, 0.0), (2, 100, 0.0), (3, 100, DAY), (4, 100, DAY), (5, 100, DAY)]
+    verdicts = [detector.judge(flat(i, v, later=later)) for i, v, later in plan]
+    assert verdicts[0].raised and all(v.active for v in verdicts[:5])  # the alert stays over the gap
+    assert [bool(v.cleared) for v in verdicts] == [False] * 5 + [True]
+    assert verdicts[5].cleared[0].windows == (3, 4, 5)
+
+
+@pytest.mark.parametrize("saved_by", ["this agent", "an agent before last_span"])
+def test_a_restart_after_a_day_starts_the_runs_afresh(saved_by: str) -> None:
+    first = DriftDetector(hand_made(), model="m", version=1, k=3)
+    run(first, [flat(0, 130), flat(1, 130)])
+    state = json.loads(json.dumps(first.state()))
+    assert state["last_span"] == [1, 1060.0, 1118.0]
+    if saved_by != "this agent":
+        del state["last_span"]  # an older state: the latest window its tracks remember stands in
+    resumed = DriftDetector(hand_made(), model="m", version=1, k=3, state=state)
+    assert resumed.resumed and resumed.state_note is None
+    after_a_day = resumed.judge(flat(2, 130, later=DAY))
+    assert after_a_day.drifted == ("brightness",) and not after_a_day.raised
+    same = DriftDetector(hand_made(), model="m", version=1, k=3, state=state)
+    assert same.judge(flat(2, 130)).raised[0].windows == (0, 1, 2)  # no gap: the run goes on
 
 
 def test_the_state_survives_a_restart_exactly() -> None:
