@@ -1,8 +1,11 @@
 """monitoring.drift: the acceptance checks of issue 9 on the detector.
 
 - The false-alarm rate on held-out windows of the reference's own process is at most 1 % for every
-  supported window size, shown with a one-sided 95 % Clopper–Pearson bound over enough windows
-  (synthetic autocorrelated streams for the count; real demo frames for a smaller check).
+  supported window size, shown with a one-sided 95 % Clopper–Pearson bound on the rate pooled over
+  several references (synthetic autocorrelated streams, two shapes of dependence; the windows are
+  scored in bulk, with the detector's own formulas, checked window by window against the detector;
+  real demo frames for a smaller check). A stream whose memory is long for a 2000-sample reference
+  is known to exceed it (an expected failure that records the figures).
 - Darkened and blurred frames fire brightness, contrast and sharpness alerts within K windows of the
   change and none before; the unchanged source raises none over as many windows.
 - A confidence decay raises retrain_suggested with its evidence, fewer objects in view does not;
@@ -32,7 +35,7 @@ from monitoring.reference import (
     build_reference,
 )
 from monitoring.window import Window
-from tests.fixtures.drift_streams import demo_samples, synthetic, windows
+from tests.fixtures.drift_streams import bulk_scores, demo_samples, stream, synthetic, windows
 
 K = 3
 Image = npt.NDArray[np.uint8]
@@ -41,8 +44,18 @@ Image = npt.NDArray[np.uint8]
 def upper_bound(failures: int, trials: int, confidence: float = 0.95) -> float:
     """One-sided Clopper–Pearson upper confidence bound of a binomial rate."""
 
-    def cdf(p: float) -> float:
-        return sum(math.comb(trials, i) * p**i * (1 - p) ** (trials - i) for i in range(failures + 1))
+    def cdf(p: float) -> float:  # P(X <= failures), summed in logs (no overflow for thousands of trials)
+        if p <= 0:
+            return 1.0
+        if p >= 1:
+            return 1.0 if failures >= trials else 0.0
+        logs = [
+            math.lgamma(trials + 1) - math.lgamma(i + 1) - math.lgamma(trials - i + 1)
+            + i * math.log(p) + (trials - i) * math.log1p(-p)
+            for i in range(failures + 1)
+        ]  # fmt: skip
+        top = max(logs)
+        return math.exp(top) * sum(math.exp(x - top) for x in logs)
 
     lo, hi = 0.0, 1.0
     for _ in range(60):
@@ -57,31 +70,93 @@ def run(detector: DriftDetector, ws: Sequence[Window]) -> list[Verdict]:
 
 # ---------------------------------------------------------------------------------------------- acceptance
 
-HELD_OUT = {30: 2000, 60: 2000, 120: 1500, 300: 1200}  # windows judged per size
+REFERENCE_SEEDS = (101, 102, 103, 104)  # one reference (and its held-out stretch) each
+HELD_OUT = {30: 1500, 60: 1500, 120: 800, 300: 400}  # windows judged per reference and size
+CHECKED = 4  # windows per reference and size also judged by the detector itself
 
 
-def test_false_alarms_on_held_out_reference_windows_are_at_most_one_percent_per_size() -> None:
-    """A reference built from one camera-like stream (AR(1) scene factors, 1 sample a second) judges
-    thousands of non-overlapping windows of a later stretch of the same process; a window with any
-    drifted metric is a false alarm. The 95 % upper bound of that rate must be at most 1 %."""
-    rng = np.random.default_rng(2024)
-    detector = DriftDetector(build_reference(synthetic(rng, 2000)), model="m", version=1, k=K)
-    assert detector.reference.sizes == WINDOW_SIZES
+def any_over(
+    table: dict[str, npt.NDArray[np.float64]], thresholds: dict[str, float]
+) -> npt.NDArray[np.bool_]:
+    """Per window: any score over its threshold (``scores.exceeds``; NaN: not scored)."""
+    out = np.zeros(len(next(iter(table.values()))), np.bool_)
+    for k, v in table.items():
+        if k in thresholds:
+            t = thresholds[k]
+            with np.errstate(invalid="ignore"):
+                out |= v > t + 1e-9 * max(abs(t), 1e-12)  # scores.exceeds, for every window at once
+    return out
+
+
+@pytest.mark.parametrize(
+    ("phi", "regimes"),
+    [
+        pytest.param(0.6, 0.0, id="ar1-0.6"),  # the shape ALPHA was tuned on, other references
+        pytest.param(0.6, 10.0, id="ar1-0.6-regimes"),  # bimodal: levels that switch every ~10 s
+        pytest.param(
+            (0.6, 0.95),
+            0.0,
+            id="ar1-0.6+0.95",
+            marks=pytest.mark.xfail(
+                raises=AssertionError,
+                strict=True,
+                reason="known limit: a slow component (phi 0.95, ~40 samples to decorrelate) is too slow "
+                "for a 2000-sample reference: 2.5-4.9 % of windows drift per size here, 0.7-10 % per "
+                "reference (monitoring.reference)",
+            ),
+        ),
+    ],
+)
+def test_false_alarms_on_held_out_reference_windows_are_at_most_one_percent_per_size(
+    phi: float | tuple[float, ...], regimes: float
+) -> None:
+    """Each of several references, built from 2000 samples of a camera-like stream (scene factors of
+    the given dependence, 1 sample a second), judges non-overlapping windows of a later stretch of the
+    same process; a window with any drifted metric (or any decay over its threshold) is a false alarm.
+    The 95 % upper bound of the rate pooled over the references must be at most 1 % per size."""
+    drifted = dict.fromkeys(WINDOW_SIZES, 0)
+    decayed = dict.fromkeys(WINDOW_SIZES, 0)
+    judged = dict.fromkeys(WINDOW_SIZES, 0)
+    per_reference: dict[int, list[str]] = {size: [] for size in WINDOW_SIZES}
+    for seed in REFERENCE_SEEDS:
+        rng = np.random.default_rng(seed)
+        reference = stream(rng, 2000, phi=phi, regimes=regimes)
+        profile = build_reference(reference.samples())
+        assert profile.sizes == WINDOW_SIZES
+        for size in WINDOW_SIZES:
+            held_out = stream(rng, size * HELD_OUT[size], phi=phi, regimes=regimes, t0=1e6)
+            drift, decay = bulk_scores(profile, reference, held_out, size)
+            thresholds = profile.thresholds_for(size)
+            assert thresholds is not None
+            over, down = any_over(drift, thresholds), any_over(decay, thresholds)
+            # the bulk scores are the detector's: the first windows, judged by the detector itself
+            detector = DriftDetector(profile, model="m", version=1, k=K)
+            for i, verdict in enumerate(
+                run(detector, list(windows(held_out.rows(0, CHECKED * size).samples(), size)))
+            ):
+                got = {f"{s.metric}:{s.score}": s.value for s in verdict.scores}
+                expected = {k: float(v[i]) for k, v in {**drift, **decay}.items() if np.isfinite(v[i])}
+                assert got.keys() == expected.keys()
+                assert all(got[k] == pytest.approx(v, rel=1e-9, abs=1e-12) for k, v in expected.items())
+                assert bool(verdict.drifted) == over[i] and bool(verdict.decayed) == down[i]
+            drifted[size] += int(over.sum())
+            decayed[size] += int(down.sum())
+            judged[size] += over.size
+            per_reference[size].append(f"{over.mean():.2%}")
     report = []
     for size in WINDOW_SIZES:
-        count = HELD_OUT[size]
-        held_out = synthetic(rng, size * count, t0=1e6)
-        verdicts = run(detector, list(windows(held_out, size)))
-        drifted = sum(bool(v.drifted) for v in verdicts)
-        decayed = sum(bool(v.decayed) for v in verdicts)
-        bound = upper_bound(drifted, count)
-        rate = f"{drifted}/{count} = {drifted / count:.2%} (95 % bound {bound:.2%})"
-        report.append(f"{size}: {rate}, decay {decayed}/{count}")
-        assert all(v.judged for v in verdicts)
-        assert bound <= 0.01, report[-1]
-        assert upper_bound(decayed, count) <= 0.01, report[-1]
-        assert not detector.active_alerts()
-    print("\nfalse alarms per window size: " + "; ".join(report))
+        n = judged[size]
+        report.append(
+            f"{size}: drift {drifted[size]}/{n} = {drifted[size] / n:.2%} "
+            f"(95 % bound {upper_bound(drifted[size], n):.2%}; "
+            f"per reference {', '.join(per_reference[size])}), "
+            f"decay {decayed[size]}/{n} (bound {upper_bound(decayed[size], n):.2%})"
+        )
+    shape = f"phi {phi}" + (f", regimes of ~{regimes:g} samples" if regimes else "")
+    print(f"\nfalse alarms, {shape}, {len(REFERENCE_SEEDS)} references:\n  " + "\n  ".join(report))
+    for size, line in zip(WINDOW_SIZES, report, strict=True):
+        assert upper_bound(drifted[size], judged[size]) <= 0.01, line
+        assert upper_bound(decayed[size], judged[size]) <= 0.01, line
 
 
 # ---------------------------------------------------------------------------------------------- demo frames
