@@ -171,6 +171,8 @@ def reference_profile(source: Path, every_s: float, limit: int) -> Callable[[Any
             f"  reference {profile.samples} samples from {source}: "
             f"{len(profile.metrics)} metrics, thresholds for windows of {sorted(profile.thresholds)} samples"
         )
+        for note in profile.notes():
+            print(f"  warning: the reference profile: {note}")
         return profile.to_json()
 
     return compute
@@ -264,11 +266,18 @@ def check_bundle(path: Path, log: Any = print) -> None:
             )
         else:
             log("--  no golden pairs to run")
+        frame = np.zeros((model.spec.height, model.spec.width, 3), np.uint8)
+        r = model.infer(frame)
+        if not math.isfinite(r.confidence):
+            raise BundleError("a blank frame decodes to a non-finite confidence")
+        log(f"ok  a frame runs end to end in {r.latency_ms:.1f} ms")
         if m.reference is not None:
             from monitoring.reference import parse_reference
 
             try:
-                profile = parse_reference(m.reference, labels=bundle.labels(), where=f"{path} reference")
+                profile = parse_reference(
+                    m.reference, labels=bundle.labels(), kind=r.kind, where=f"{path} reference"
+                )
             except BundleError as exc:
                 raise BundleError(
                     f"{exc}; without a fix the agent learns a reference from live data"
@@ -277,13 +286,10 @@ def check_bundle(path: Path, log: Any = print) -> None:
                 f"ok  reference profile: {profile.samples} samples, {len(profile.metrics)} metrics, "
                 f"thresholds for windows of {sorted(profile.thresholds)} samples"
             )
+            for note in profile.notes():
+                log(f"!!  reference profile: {note}")
         else:
             log("--  no reference profile: the agent learns one from live data ([monitoring] learn)")
-        frame = np.zeros((model.spec.height, model.spec.width, 3), np.uint8)
-        r = model.infer(frame)
-        if not math.isfinite(r.confidence):
-            raise BundleError("a blank frame decodes to a non-finite confidence")
-        log(f"ok  a frame runs end to end in {r.latency_ms:.1f} ms")
     finally:
         model.close()
 

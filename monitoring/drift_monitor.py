@@ -378,6 +378,9 @@ class DriftMonitor:
             self._resume_learning(v)
         if v.reference is not None:
             self._make_detector(v)
+        if v.reference is not None:
+            for note in v.reference.notes():
+                log.warning("%s: the reference profile: %s", v.key, note)
         self._current = v
         self._window = None
         log.info(
@@ -510,6 +513,8 @@ class DriftMonitor:
             len(v.learning),
             v.learned_s,
         )
+        for note in v.reference.notes():
+            log.warning("%s: the learned reference profile: %s", v.key, note)
         reference = v.reference
         saved = self._write(
             "saving the learned reference", lambda s: s.save_state(f"reference:{v.key}", reference.to_json())

@@ -119,6 +119,7 @@ BINS = 10
 MIN_BIN_SHARE = 0.02
 ALPHA = 0.0005  # family-wise share of bootstrap windows with any score over its threshold
 REPLICATES = 4000
+MIN_STRETCHES = 50  # samples ÷ block below this: thresholds too tight for the scene (stretches_note)
 SEED = 20260917  # the default bootstrap seed: the same samples give the same profile
 MIN_SAMPLES = 60
 PRESENT_SHARE = 0.9  # a metric is profiled when it is finite in this share of the samples
@@ -293,6 +294,28 @@ class ReferenceProfile:
 
     def decay_keys(self) -> tuple[str, ...]:
         return tuple(key(m, DECAY_SCORE) for m in self.decay_metrics())
+
+    @property
+    def stretches_note(self) -> str | None:
+        """A warning when the reference holds too few independent stretches of scene (samples ÷
+        bootstrap block under ``MIN_STRETCHES``): its thresholds then undercount how much a slow
+        scene varies, and false alarms above 1 % a window are likely. None when it holds enough."""
+        stretches = self.samples / max(1, self.block)
+        if stretches >= MIN_STRETCHES:
+            return None
+        return (
+            f"its {self.samples} samples hold only about {stretches:.0f} independent stretches of scene "
+            f"(the scene changes every ~{self.block} samples): more than 1 % of windows may drift by "
+            f"chance; give a reference of about {MIN_STRETCHES * self.block} samples, "
+            "or of scenes that change faster"
+        )
+
+    def notes(self) -> list[str]:
+        """Warnings about what this profile can judge (``stretches_note``, ``decay_note``)."""
+        out = [self.stretches_note] if self.stretches_note else []
+        if self.decay_note:
+            out.append(f"it cannot suggest retraining: {self.decay_note}")
+        return out
 
     @property
     def decay_ready(self) -> bool:

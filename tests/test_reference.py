@@ -543,3 +543,15 @@ def test_scores_are_finite_on_empty_bins_and_js_is_in_bits() -> None:
     assert math.isfinite(float(scores.psi(p, counts)))
     assert float(scores.js_bits(np.array([1.0, 0.0]), np.array([0.0, 5.0]))) == pytest.approx(1.0)
     assert float(scores.js_bits(p, p * 100)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_reference_with_few_independent_stretches_says_so() -> None:
+    import dataclasses
+
+    from monitoring.reference import MIN_STRETCHES
+
+    profile = build_reference(synthetic(np.random.default_rng(5), 600, phi=0.3), rng=np.random.default_rng(6))
+    assert profile.samples / profile.block >= MIN_STRETCHES and profile.stretches_note is None
+    slow = dataclasses.replace(profile, block=60)
+    assert slow.stretches_note is not None and "3000 samples" in slow.stretches_note
+    assert slow.notes()[0] == slow.stretches_note
