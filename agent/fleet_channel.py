@@ -30,7 +30,7 @@ from typing import Any
 from agent import __version__
 from agent.config import MqttConfig
 from agent.manager import ModelManager
-from agent.pipeline import Pipeline
+from agent.pipeline import Pipeline, PipelineStats
 from agent.source import Frame
 from inference.errors import ConfigError, EdgeAgentError
 from inference.result import Result
@@ -52,8 +52,6 @@ from ota.trust import TrustStore
 from ota.update_events import JobEvent, UpdateEvents
 
 log = logging.getLogger(__name__)
-
-MAX_TELEMETRY_SCORES = 64  # the drift scores a telemetry message carries: the nearest their thresholds
 
 
 def default_device_id() -> str:
@@ -127,6 +125,7 @@ class FleetChannel:
         self._stop = threading.Event()
         self._telemetry: threading.Thread | None = None
         self._last: tuple[float, int, int, int] | None = None  # (t, frames, dropped, errors)
+        self._last_lock = threading.Lock()
         self._monitor: DriftMonitor | None = None
         self._window_sent_at = -math.inf  # monotonic time of the last window's telemetry
         self._event_tokens = 0.0
@@ -138,11 +137,10 @@ class FleetChannel:
     def start(self) -> None:
         self.pump.start()
         self.link.start()
-        if self._monitor is None:  # with drift monitoring, telemetry goes out once per window
-            self._telemetry = threading.Thread(
-                target=self._telemetry_loop, name="fleet-telemetry", daemon=True
-            )
-            self._telemetry.start()
+        # with drift monitoring, telemetry goes out per window, and from here only when no window
+        # closed for telemetry_s (a dead camera)
+        self._telemetry = threading.Thread(target=self._telemetry_loop, name="fleet-telemetry", daemon=True)
+        self._telemetry.start()
         log.info(
             "fleet channel: device %s%s on %s (prefix %s)",
             self.device_id,
@@ -213,25 +211,40 @@ class FleetChannel:
             except EdgeAgentError as err:  # the outbox cannot be written (disk): next period
                 log.warning("telemetry not queued: %s", err)
 
+    def _since_last(self) -> tuple[PipelineStats, float, int, int, int]:
+        """The pipeline's counters now, and (seconds, frames, dropped, errors) since the last telemetry."""
+        with self._last_lock:  # the telemetry thread and the monitor's
+            s = self.pipeline.stats()
+            now = time.monotonic()
+            last = self._last or (now - s.uptime_s, 0, 0, 0)
+            self._last = (now, s.frames, s.dropped, s.errors)
+        return (
+            s,
+            max(0.0, now - last[0]),
+            max(0, s.frames - last[1]),
+            max(0, s.dropped - last[2]),
+            max(0, s.errors - last[3]),
+        )
+
+    def _send_telemetry(self, payload: bytes) -> None:
+        self.outbox.put(self.topics.telemetry(self.device_id), payload, "telemetry")
+        self.pump.kick()
+
     def put_telemetry(self) -> None:
-        s = self.pipeline.stats()
-        now = time.monotonic()
-        last = self._last or (now - s.uptime_s, 0, 0, 0)
-        self._last = (now, s.frames, s.dropped, s.errors)
+        s, period, frames, dropped, errors = self._since_last()
         payload = telemetry_payload(
             ts=self.clock(),
-            period_s=max(0.0, now - last[0]),
-            frames=max(0, s.frames - last[1]),
+            period_s=period,
+            frames=frames,
             fps=s.fps,
             latency_p50_ms=s.latency_p50_ms,
             latency_p95_ms=s.latency_p95_ms,
-            dropped=max(0, s.dropped - last[2]),
-            errors=max(0, s.errors - last[3]),
+            dropped=dropped,
+            errors=errors,
             model=s.model,
             version=s.version,
         )
-        self.outbox.put(self.topics.telemetry(self.device_id), payload, "telemetry")
-        self.pump.kick()
+        self._send_telemetry(payload)
 
     def attach_monitor(self, monitor: DriftMonitor) -> None:
         """Telemetry per drift window and the drift and decay alerts, through the outbox."""
@@ -240,17 +253,10 @@ class FleetChannel:
         monitor.on_alert.append(self.put_alert)
 
     def put_window(self, report: WindowReport) -> None:
-        """One telemetry message for a finished drift window (on the monitor's thread)."""
-        s = self.pipeline.stats()
-        last = self._last or (0.0, 0, 0, 0)
-        self._last = (time.monotonic(), s.frames, s.dropped, s.errors)
-        w = report.summary
-        verdict = report.verdict
-        drift: dict[str, list[float]] = {}
-        if verdict is not None:
-            ranked = sorted(verdict.scores, key=lambda x: -(x.value / x.threshold if x.threshold else 0.0))
-            for sc in ranked[:MAX_TELEMETRY_SCORES]:
-                drift[f"{sc.metric}:{sc.score}"] = [round(sc.value, 6), round(sc.threshold, 6)]
+        """One telemetry message for a finished drift window (on the monitor's thread); the
+        builder keeps the scores nearest their thresholds when there are too many."""
+        _s, _period, _frames, dropped, errors = self._since_last()
+        w, verdict = report.summary, report.verdict
         payload = telemetry_payload(
             ts=self.clock(),
             period_s=max(0.0, w.end_ts - w.start_ts),
@@ -258,19 +264,20 @@ class FleetChannel:
             fps=w.fps,
             latency_p50_ms=w.latency_p50_ms,
             latency_p95_ms=w.latency_p95_ms,
-            dropped=max(0, s.dropped - last[2]),
-            errors=max(0, s.errors - last[3]),
+            dropped=dropped,
+            errors=errors,
             model=report.model,
             version=report.version,
             window={"index": w.index, "start_ts": w.start_ts, "end_ts": w.end_ts, "samples": w.samples},
             confidence=w.means.get("confidence"),
-            drift=drift if verdict is not None else None,
+            drift=None
+            if verdict is None
+            else {f"{sc.metric}:{sc.score}": [sc.value, sc.threshold] for sc in verdict.scores},
             drifted=list(verdict.drifted) if verdict is not None else None,
             reference=report.reference,
         )
-        self.outbox.put(self.topics.telemetry(self.device_id), payload, "telemetry")
+        self._send_telemetry(payload)
         self._window_sent_at = time.monotonic()
-        self.pump.kick()
 
     def put_alert(self, alert: Alert) -> None:
         """A drift or decay alert (raised or cleared), kept in the outbox until the broker has it."""

@@ -64,6 +64,7 @@ MAX_LEARN_SAMPLES = 20_000
 MIN_LEARN_SAMPLES = 300  # a time-based learn needs at least these samples (with a count: at least 60)
 MAX_LEARN_GAP_S = 5.0  # a gap between two samples counts this much learning time at most
 MAX_UNSENT = 256  # alerts kept for a listener that could not take them
+MAX_PENDING = 65536  # frames counted between two samples; more are left out of fps (counted)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class _Version:
         self.learning: list[Sample] = []
         self.learned_s = 0.0  # seconds of live data learned from
         self.retry_at = 0  # learning samples before the next try at building the reference
-        self.kind_checked = False  # the reference's kind against the model's first result
+        self.reference_saved = True  # False while a learned reference waits to be saved
         self.saved_learning_at = 0.0
 
     @property
@@ -214,6 +215,8 @@ class DriftMonitor:
         self.store_failures = 0
         self.store_failed: dict[str, int] = {}  # what could not be written, by kind
         self.listener_failures = 0
+        self.frames_uncounted = 0  # frames left out of a window's fps and latency (MAX_PENDING)
+        self.alerts_lost = 0  # alerts no listener could take before MAX_UNSENT or the stop
         self.failures = 0  # samples the monitor itself failed on (a bug: logged with its traceback)
         self.alerts_raised = 0
         # results thread → monitor thread
@@ -238,7 +241,8 @@ class DriftMonitor:
     # ------------------------------------------------------------------ results thread (a sink)
 
     def write(self, frame: Any, result: Result, model: Any) -> None:
-        """Count the frame; every ``sample_every``, hand it to the monitor thread (never waits)."""
+        """Count the frame; every ``sample_every``, hand its thumbnail to the monitor thread
+        (never waits, unless the source is ``lossless``)."""
         self.frames += 1
         ms = result.inference_ms or result.latency_ms
         self.latency.observe_ms(ms)
@@ -248,6 +252,8 @@ class DriftMonitor:
             self._since_sample += 1
             due = self._since_sample >= every.count
         else:
+            if frame.ts < self._next_sample - (every.seconds or 0.0):  # the wall clock stepped back
+                self._next_sample = frame.ts
             due = frame.ts >= self._next_sample
         if due:
             self._since_sample = 0
@@ -257,11 +263,13 @@ class DriftMonitor:
             pending = self._pending
             if key != self._model_key:  # the frames so far were the old model's
                 self._model_key = key
-                self._queue.append(("model", model, pending))
+                self._queue.append(("model", model, pending, result.kind))
                 pending = self._pending = []
                 self._cond.notify_all()
-            if len(pending) < 65536:  # taken at least every second by the monitor thread
+            if len(pending) < MAX_PENDING:  # taken at least every second by the monitor thread
                 pending.append((ms, frame.ts))
+            else:
+                self.frames_uncounted += 1
             if not due:
                 return
             if self.lossless:  # a file or folder: every sample, the source waits (as the pipeline does)
@@ -270,7 +278,10 @@ class DriftMonitor:
             if len(self._queue) >= self.settings.queue:
                 self.samples_dropped += 1  # its frames stay pending: counted with the next sample
                 return
-            self._queue.append(("sample", frame.index, frame.ts, frame.image, result, pending))
+        # a thumbnail, not the frame: the queue never holds full frames (16 at 1080p is 100 MB)
+        thumb = self.frame_stats.thumbnail(frame.image)
+        with self._cond:
+            self._queue.append(("sample", frame.index, frame.ts, thumb, result, self._pending))
             self._pending = []
             self._cond.notify_all()
 
@@ -287,8 +298,9 @@ class DriftMonitor:
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Process what is queued, save the state, end the thread (a partial window is dropped)."""
+    def stop(self, timeout: float = 60.0) -> None:
+        """Process what is queued, save the state, end the thread (a partial window is dropped;
+        a reference due to be learned is built at the next start instead)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -332,12 +344,12 @@ class DriftMonitor:
                 if item is None:
                     self._count(frames)
                     self._maybe_close_by_time()
+                    self._retry_unsent()
                 elif item[0] == "model":
                     self._count(item[2])
-                    self._switch(item[1])
+                    self._switch(item[1], item[3])
                 else:
                     _, index, ts, image, result, frames = item
-                    self._check_kind(result.kind)
                     self._on_sample(self.frame_stats.sample(index, ts, image, result), frames)
             except Exception:  # a bug in monitoring: logged whole; the camera loop and this thread go on
                 self.failures += 1
@@ -359,30 +371,35 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ monitor thread
 
-    def _switch(self, model: Any) -> None:
-        """A new model serves: close the old version's window, start afresh against the new one's."""
+    def _switch(self, model: Any, kind: str) -> None:
+        """A new model serves (giving ``kind`` results): close the old version's window, start
+        afresh against the new one's reference."""
         if self._current is not None:
             self._close_window()
             self._save_state()
-        self.active = {}  # the old version's alerts end with it (its telemetry says which version)
-        v = _Version(model, _key(model))
-        saved = self._load(f"window:{v.key}")
-        self._window_index = int(saved["next"]) if saved and isinstance(saved.get("next"), int) else 0
+        # the new version is current before anything can fail: its samples are never judged
+        # as the old one's; the old version's alerts and last window end with it
+        v = self._current = _Version(model, _key(model))
+        self._window = None
+        self.active = {}
+        self.last = None
+        saved = self._load(f"monitor:{v.key}") or {}
+        self._window_index = saved["next"] if isinstance(saved.get("next"), int) else 0
+        self._unsent = self._unsent_from(saved.get("unsent"))
         raw = _manifest_reference(model)
         if raw is not None:
             try:
-                v.reference = parse_reference(raw, labels=_labels(model), where=f"{v.key} manifest reference")
+                v.reference = parse_reference(
+                    raw, labels=_labels(model), kind=kind, where=f"{v.key} manifest reference"
+                )
             except ReferenceError as err:
                 log.warning("%s; learning a reference from live data instead", err)
         if v.reference is None:
-            self._resume_learning(v)
+            self._resume_learning(v, kind)
         if v.reference is not None:
-            self._make_detector(v)
-        if v.reference is not None:
+            self._make_detector(v, saved.get("detector"))
             for note in v.reference.notes():
                 log.warning("%s: the reference profile: %s", v.key, note)
-        self._current = v
-        self._window = None
         log.info(
             "drift monitoring %s v%s against %s",
             v.name,
@@ -400,12 +417,12 @@ class DriftMonitor:
             ),
         )
 
-    def _resume_learning(self, v: _Version) -> None:
+    def _resume_learning(self, v: _Version, kind: str) -> None:
         learned = self._load(f"reference:{v.key}")
         if learned is not None:
             try:
                 v.reference = parse_reference(
-                    learned, labels=_labels(v.model), where=f"{v.key} learned reference"
+                    learned, labels=_labels(v.model), kind=kind, where=f"{v.key} learned reference"
                 )
                 return
             except ReferenceError as err:
@@ -419,7 +436,7 @@ class DriftMonitor:
                 log.warning("the saved learning samples of %s are unreadable (%s); starting over", v.key, err)
                 v.learning, v.learned_s = [], 0.0
 
-    def _make_detector(self, v: _Version) -> None:
+    def _make_detector(self, v: _Version, state: Any = None) -> None:
         assert v.reference is not None
         v.detector = DriftDetector(
             v.reference,
@@ -427,37 +444,11 @@ class DriftMonitor:
             version=v.version,
             k=self.settings.alert_after,
             clear_k=self.settings.clear_after,
-            state=self._load(f"detector:{v.key}"),
+            state=state,
         )
         if v.detector.state_note:  # a saved state that does not fit this reference: started afresh
             log.warning("%s: %s", v.key, v.detector.state_note)
         self.active = {(a.kind, a.metric): a for a in v.detector.active_alerts()}
-
-    def _check_kind(self, kind: str) -> None:
-        """On a version's first sample: a reference made for another kind of result (classes for a
-        detector) does not fit the model; it learns one from live data instead."""
-        v = self._current
-        if v is None or v.kind_checked:
-            return
-        v.kind_checked = True
-        if v.reference is None or v.reference.kind == kind:
-            return
-        log.warning(
-            "%s: its %s reference profile describes %s results but the model gives %s; learning a "
-            "reference from live data instead",
-            v.key,
-            v.reference.origin,
-            v.reference.kind,
-            kind,
-        )
-        v.reference, v.detector = None, None
-        self.active = {}
-        if v.origin == "learning":
-            self._resume_learning(v)
-        if v.reference is not None and v.reference.kind == kind:
-            self._make_detector(v)
-        else:
-            v.reference = None
 
     def _on_sample(self, sample: Sample, frames: list[tuple[float, float]]) -> None:
         v = self._current
@@ -484,8 +475,9 @@ class DriftMonitor:
             self._close_window()
 
     def _learn(self, v: _Version, sample: Sample) -> None:
-        if v.learning:  # the time learned from: gaps (restarts, a dead camera) count a few seconds at most
-            v.learned_s += min(max(0.0, sample.ts - v.learning[-1].ts), MAX_LEARN_GAP_S)
+        if v.learning:  # the time learned from: a gap (a restart, a dead camera) counts two samples' worth
+            every = self.settings.sample_every.seconds or 0.0
+            v.learned_s += min(max(0.0, sample.ts - v.learning[-1].ts), max(MAX_LEARN_GAP_S, 2 * every))
         if len(v.learning) < MAX_LEARN_SAMPLES:
             v.learning.append(sample)
         learn = self.settings.learn
@@ -494,8 +486,8 @@ class DriftMonitor:
             if learn.count is not None
             else v.learned_s >= (learn.seconds or 0.0) and len(v.learning) >= MIN_LEARN_SAMPLES
         ) or len(v.learning) >= MAX_LEARN_SAMPLES
-        if not enough or len(v.learning) < v.retry_at:
-            return
+        if not enough or len(v.learning) < v.retry_at or self._stopping:
+            return  # (when stopping, the samples are saved and the reference is built at the next start)
         try:
             v.reference = build_reference(v.learning, origin="learned", rng=self.rng)
         except ReferenceError as err:  # e.g. too few distinct values: learn a window more, then try again
@@ -515,16 +507,23 @@ class DriftMonitor:
         )
         for note in v.reference.notes():
             log.warning("%s: the learned reference profile: %s", v.key, note)
+        v.reference_saved = False
+        self._save_reference(v)
+        self._make_detector(v)
+
+    def _save_reference(self, v: _Version) -> None:
+        """Save a learned reference, then clear its learning samples; until it is saved, the
+        samples stay (in memory and on disk) and every window tries again."""
         reference = v.reference
-        saved = self._write(
+        assert reference is not None
+        if self._write(
             "saving the learned reference", lambda s: s.save_state(f"reference:{v.key}", reference.to_json())
-        )
-        if saved:  # else the samples stay saved: a restart learns again rather than losing both
+        ):
+            v.reference_saved = True
+            v.learning = []
             self._write(
                 "clearing the learning samples", lambda s: s.save_state(f"learning:{v.key}", {"samples": []})
             )
-        v.learning = []
-        self._make_detector(v)
 
     def _save_learning(self, v: _Version) -> None:
         v.saved_learning_at = self.clock()
@@ -556,18 +555,55 @@ class DriftMonitor:
                 log.info("%s", alert.message())
                 alerts.append(alert)
             self.active = active
+        # told first, then saved: a crash in between raises an alert again after the restart
+        # (at least once) rather than never; an alert a listener cannot take is kept in the state
+        self._retry_unsent()
+        for alert in alerts:
+            for tell in self.on_alert:
+                self._deliver(tell, alert)
         self._save_state(checkpoint=False)
         self._store_window(report)
         for alert in alerts:
             self._store_alert(alert)
+        for show in self.on_window:
+            self._tell_one(show, report)
+
+    def _deliver(self, fn: Callable[[Any], None], alert: Alert) -> None:
+        """Hand ``alert`` to ``fn`` behind any it could not take yet (their order is kept)."""
+        if any(f is fn for f, _ in self._unsent) or not self._tell_one(fn, alert):
+            if len(self._unsent) >= MAX_UNSENT:
+                self.alerts_lost += 1
+                log.error(
+                    "drift monitoring: %s lost: %d alerts already wait for %r",
+                    alert.message(),
+                    MAX_UNSENT,
+                    fn,
+                )
+                return
+            self._unsent.append((fn, alert))
+
+    def _retry_unsent(self) -> None:
+        """Alerts a listener could not take: once more, in order, until one is refused again."""
+        if not self._unsent:
+            return
         unsent, self._unsent = self._unsent, []
-        for fn, alert in unsent:  # alerts a listener could not take last time: once more, in order
-            self._tell_one(fn, alert)
-        for alert in alerts:
-            for fn in self.on_alert:
-                self._tell_one(fn, alert)
-        for fn in self.on_window:
-            self._tell_one(fn, report)
+        refused: set[int] = set()
+        for fn, alert in unsent:
+            if id(fn) in refused or not self._tell_one(fn, alert):
+                refused.add(id(fn))
+                self._unsent.append((fn, alert))
+
+    def _unsent_from(self, saved: Any) -> list[tuple[Callable[[Any], None], Alert]]:
+        """The alerts a listener had not taken before the stop (listeners by their position)."""
+        out: list[tuple[Callable[[Any], None], Alert]] = []
+        for row in saved if isinstance(saved, list) else []:
+            try:
+                index, data = row
+                out.append((self.on_alert[int(index)], Alert.from_json(data)))
+            except (TypeError, ValueError, IndexError) as err:
+                self.alerts_lost += 1
+                log.warning("drift monitoring: a saved unsent alert is unreadable (%s); dropped", err)
+        return out
 
     def _with_frames(self, alert: Alert) -> Alert:
         if self.collected_frames is None:
@@ -579,23 +615,30 @@ class DriftMonitor:
         except EdgeAgentError as err:
             log.warning("the frames collected for %s alert are unknown: %s", alert.metric, err)
             return alert
+        except Exception:  # a bug in the collector: the alert goes out without its frames
+            self.listener_failures += 1
+            log.exception("the frames collected for %s alert are unknown", alert.metric)
+            return alert
         return replace(alert, frames=ids)
 
     def _save_state(self, checkpoint: bool = True) -> None:
-        """The detector's state (or the learning samples: every ``LEARN_CHECKPOINT_S``, and
-        at ``checkpoint``) and the version's next window number, for a restart to resume."""
+        """One row per version (``monitor:<key>``, one transaction): the detector's state, the
+        next window number, the alerts a listener has not taken; the learning samples every
+        ``LEARN_CHECKPOINT_S`` and at ``checkpoint``; a learned reference not saved yet."""
         v = self._current
         if v is None:
             return
-        if v.detector is not None:
-            detector = v.detector
-            self._write(
-                "saving the drift state", lambda s: s.save_state(f"detector:{v.key}", detector.state())
-            )
-        elif v.learning and (checkpoint or self.clock() - v.saved_learning_at >= LEARN_CHECKPOINT_S):
+        if v.reference is not None and not v.reference_saved:
+            self._save_reference(v)
+        if v.learning and (checkpoint or self.clock() - v.saved_learning_at >= LEARN_CHECKPOINT_S):
             self._save_learning(v)
-        index = self._window_index
-        self._write("saving the window number", lambda s: s.save_state(f"window:{v.key}", {"next": index}))
+        index = {id(fn): i for i, fn in enumerate(self.on_alert)}
+        state = {
+            "next": self._window_index,
+            "detector": v.detector.state() if v.detector is not None else None,
+            "unsent": [[index[id(fn)], a.to_json()] for fn, a in self._unsent if id(fn) in index],
+        }
+        self._write("saving the drift state", lambda s: s.save_state(f"monitor:{v.key}", state))
 
     # ------------------------------------------------------------------ writing
 
@@ -689,20 +732,21 @@ class DriftMonitor:
             log.warning("drift monitoring: reading %s failed (%s); starting it afresh", key, err)
             return None
 
-    def _tell_one(self, fn: Callable[[Any], None], value: Any) -> None:
-        """Hand ``value`` to one listener. An alert it cannot take now (``EdgeAgentError``: the
-        outbox's disk) is kept and handed again at the next window; anything else is a bug of
-        ours: logged with its traceback and counted (``listener_failures``), never retried."""
+    def _tell_one(self, fn: Callable[[Any], None], value: Any) -> bool:
+        """Hand ``value`` to one listener; False when it could not take it now (``EdgeAgentError``:
+        the outbox's disk; an alert is then kept and handed again). Anything else is a bug of
+        ours: logged with its traceback and counted (``listener_failures``), not retried."""
         try:
             fn(value)
+            return True
         except EdgeAgentError as err:
             self.listener_failures += 1
-            if isinstance(value, Alert) and len(self._unsent) < MAX_UNSENT:
-                self._unsent.append((fn, value))
             log.warning("drift monitoring: %r could not take %s now: %s", fn, type(value).__name__, err)
+            return False
         except Exception:
             self.listener_failures += 1
             log.exception("drift monitoring: %r failed on %s", fn, type(value).__name__)
+            return True
 
     # ------------------------------------------------------------------ read by status and /metrics
 
@@ -718,6 +762,9 @@ class DriftMonitor:
             "store_failed": dict(self.store_failed),
             "listener_failures": self.listener_failures,
             "failures": self.failures,
+            "alerts_lost": self.alerts_lost,
+            "frames_uncounted": self.frames_uncounted,
+            "unsent_alerts": len(self._unsent),
             "alerts": [
                 {
                     "kind": a.kind,

@@ -537,36 +537,15 @@ def _plot_latency(Figure: Any, data: _Data) -> bytes:
         fps.plot(_t(t), f, color="C2", lw=1.0, marker=mark, label="fps")
     if data.hourly:
         th = _t(_col(data.hourly, "start_ts") + HOUR / 2)
-        lat.plot(
-            th,
-            _col(data.hourly, "latency_p50_ms"),
-            color="C0",
-            ls="--",
-            marker=".",
-            ms=3,
-            lw=1.0,
-            label="p50 (hourly mean)",
-        )
-        lat.plot(
-            th,
-            _col(data.hourly, "latency_p95_ms"),
-            color="C1",
-            ls="--",
-            marker=".",
-            ms=3,
-            lw=1.0,
-            label="p95 (hourly mean)",
-        )
-        fps.plot(
-            th,
-            _col(data.hourly, "fps"),
-            color="C2",
-            ls="--",
-            marker=".",
-            ms=3,
-            lw=1.0,
-            label="fps (hourly mean)",
-        )
+        for ax, key, color, label in (
+            (lat, "latency_p50_ms", "C0", "p50"),
+            (lat, "latency_p95_ms", "C1", "p95"),
+            (fps, "fps", "C2", "fps"),
+        ):
+            ax.plot(
+                th, _col(data.hourly, key), color=color, ls="--", marker=".", ms=3, lw=1.0,
+                label=f"{label} (hourly mean)",
+            )  # fmt: skip
     lat.set_ylabel("latency (ms)")
     _headroom(lat, bottom=0.0)
     lat.set_title("Model latency per window (UTC)", fontsize=11, loc="left")

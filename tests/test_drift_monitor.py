@@ -64,6 +64,9 @@ class Stream:
         self.samples = samples
         self.gate: threading.Event | None = None
 
+    def thumbnail(self, image: Any) -> Any:
+        return image
+
     def sample(self, index: int, ts: float, image: Any, result: Result) -> Sample:
         if self.gate is not None:
             self.gate.wait(30)
@@ -393,11 +396,8 @@ def test_with_a_lossless_source_the_sink_waits_for_room_and_stop_releases_it(
     t = threading.Thread(target=writer)
     t.start()
     # the monitor is stuck on its first sample and the queue holds 2: the writer must wait
-    wait = threading.Event()
-    for _ in range(100):
-        if monitor._queue and len(monitor._queue) >= 2:
-            break
-        wait.wait(0.01)
+    with monitor._cond:
+        assert monitor._cond.wait_for(lambda: len(monitor._queue) >= 2, 10), "the queue never filled"
     assert not wrote.is_set()
     stream.gate.set()  # released: every sample goes through, none dropped
     t.join(30)
@@ -405,9 +405,9 @@ def test_with_a_lossless_source_the_sink_waits_for_room_and_stop_releases_it(
     monitor.stop()
     assert monitor.samples == 10 and monitor.samples_dropped == 0
 
-    stuck = DriftMonitor(None, settings(queue=1), frame_stats=Stream(samples), lossless=True)  # type: ignore[arg-type]
-    stuck_stream = stuck.frame_stats
-    stuck_stream.gate = threading.Event()  # type: ignore[attr-defined]
+    stuck_stream = Stream(samples)
+    stuck_stream.gate = threading.Event()
+    stuck = DriftMonitor(None, settings(queue=1), frame_stats=stuck_stream, lossless=True)  # type: ignore[arg-type]
     stuck.start()
     done = threading.Event()
 
@@ -418,14 +418,15 @@ def test_with_a_lossless_source_the_sink_waits_for_room_and_stop_releases_it(
 
     t = threading.Thread(target=blocked_writer)
     t.start()
-    stuck._stopping = True  # what stop() sets first: a waiting writer gives up and counts a drop
-    with stuck._cond:
-        stuck._cond.notify_all()
+    with stuck._cond:  # the writer is waiting for room: the thread holds one sample, the queue one
+        assert stuck._cond.wait_for(lambda: len(stuck._queue) >= 1 and stuck._busy, 10)
+    assert not done.is_set()
+    stopper = threading.Thread(target=stuck.stop)
+    stopper.start()  # stop() releases the waiting writer (it drops what it cannot queue, counted)
     t.join(30)
-    assert done.is_set()
-    stuck_stream.gate.set()  # type: ignore[attr-defined]
-    stuck.stop()
-    assert stuck.samples_dropped >= 1
+    assert done.is_set() and stuck.samples_dropped >= 1
+    stuck_stream.gate.set()
+    stopper.join(30)
 
 
 def test_a_time_to_learn_counts_only_the_time_seen_not_a_gap(tmp_path: Path) -> None:
@@ -463,5 +464,37 @@ def test_a_reference_of_another_kind_of_result_falls_back_to_learning(
     monitor.stop()
     assert monitor.status()["reference"] == "learning"
     assert any(
-        "describes classes results but the model gives detections" in r.getMessage() for r in caplog.records
+        "results are classes, but this model's are detections" in r.getMessage() for r in caplog.records
     )
+
+
+def test_alerts_a_listener_could_not_take_survive_a_restart_and_keep_their_order(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    """The outbox's disk is full when the alerts are raised; the agent stops; after the restart
+    the listener takes them, in order, before any later one."""
+    from inference.errors import TransientError
+
+    rng = np.random.default_rng(24)
+    samples = synthetic(rng, 4 * WINDOW, phi=0.3) + darkened(synthetic(rng, 5 * WINDOW, phi=0.3))
+    store = MetricsStore(tmp_path / "metrics.db")
+    model = Model(reference=reference)
+
+    def full(alert: Alert) -> None:
+        raise TransientError("outbox: disk full")
+
+    first = make(store, samples)
+    first.on_alert.append(full)
+    feed(first, model, 0, (4 + K) * WINDOW)
+    assert first.status()["unsent_alerts"] >= 3 and first.status()["alerts"]
+    first.stop()
+
+    got: list[Alert] = []
+    second = make(store, samples)
+    second.on_alert.append(got.append)
+    feed(second, model, (4 + K) * WINDOW, WINDOW)  # the next window hands them over
+    second.stop()
+    raised = [a.metric for a in got if a.state == "raised"]
+    assert {"brightness", "contrast", "sharpness"} <= set(raised[:3] + raised)
+    assert got[0].windows[-1] == 4 + K - 1  # the old ones first
+    assert second.status()["unsent_alerts"] == 0 and second.alerts_lost == 0
