@@ -19,7 +19,6 @@ that is missing, a bad URL) fail the start.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import threading
 import time
@@ -127,7 +126,6 @@ class FleetChannel:
         self._last: tuple[float, int, int, int] | None = None  # (t, frames, dropped, errors)
         self._last_lock = threading.Lock()
         self._monitor: DriftMonitor | None = None
-        self._window_sent_at = -math.inf  # monotonic time of the last window's telemetry
         self._event_tokens = 0.0
         self._event_t = time.monotonic()
         self.events_sent = 0
@@ -201,15 +199,17 @@ class FleetChannel:
     # ------------------------------------------------------------------ telemetry
 
     def _telemetry_loop(self) -> None:
-        """Every ``telemetry_s``, unless a drift window's telemetry went out meanwhile: so the
-        fleet hears from a device whose camera is down (no samples, no windows) too."""
+        """Every ``telemetry_s``. With drift monitoring the windows carry telemetry, and this
+        speaks only while the pipeline produces no frames (a dead camera: no samples, no windows)."""
         while not self._stop.wait(self.cfg.telemetry_s):
-            if time.monotonic() - self._window_sent_at < self.cfg.telemetry_s:
+            if self._monitor is not None and self.pipeline.frames != (self._last or (0.0, 0))[1]:
                 continue
             try:
                 self.put_telemetry()
             except EdgeAgentError as err:  # the outbox cannot be written (disk): next period
                 log.warning("telemetry not queued: %s", err)
+            except Exception:  # a bug: logged whole; the loop goes on
+                log.exception("telemetry failed")
 
     def _since_last(self) -> tuple[PipelineStats, float, int, int, int]:
         """The pipeline's counters now, and (seconds, frames, dropped, errors) since the last telemetry."""
@@ -277,7 +277,6 @@ class FleetChannel:
             reference=report.reference,
         )
         self._send_telemetry(payload)
-        self._window_sent_at = time.monotonic()
 
     def put_alert(self, alert: Alert) -> None:
         """A drift or decay alert (raised or cleared), kept in the outbox until the broker has it."""

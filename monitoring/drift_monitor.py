@@ -64,6 +64,7 @@ MAX_LEARN_SAMPLES = 20_000
 MIN_LEARN_SAMPLES = 300  # a time-based learn needs at least these samples (with a count: at least 60)
 MAX_LEARN_GAP_S = 5.0  # a gap between two samples counts this much learning time at most
 MAX_UNSENT = 256  # alerts kept for a listener that could not take them
+RETRY_UNSENT_S = 15.0  # between two idle retries of alerts a listener could not take
 MAX_PENDING = 65536  # frames counted between two samples; more are left out of fps (counted)
 
 
@@ -237,6 +238,8 @@ class DriftMonitor:
         self._stopping = False
         self._fail_log_at = -math.inf
         self._bug_log_at = -math.inf
+        self._refused_log_at = -math.inf
+        self._retry_at = -math.inf  # monotonic: the next idle retry of unsent alerts
 
     # ------------------------------------------------------------------ results thread (a sink)
 
@@ -344,7 +347,9 @@ class DriftMonitor:
                 if item is None:
                     self._count(frames)
                     self._maybe_close_by_time()
-                    self._retry_unsent()
+                    if self._unsent and time.monotonic() >= self._retry_at:
+                        self._retry_at = time.monotonic() + RETRY_UNSENT_S
+                        self._retry_unsent()
                 elif item[0] == "model":
                     self._count(item[2])
                     self._switch(item[1], item[3])
@@ -374,18 +379,29 @@ class DriftMonitor:
     def _switch(self, model: Any, kind: str) -> None:
         """A new model serves (giving ``kind`` results): close the old version's window, start
         afresh against the new one's reference."""
+        # alerts a listener has not taken yet go on to the new version (saved in its row, not the
+        # old one's: a later rollback does not send them again)
+        carried, self._unsent = self._unsent, []
         if self._current is not None:
-            self._close_window()
-            self._save_state()
-        # the new version is current before anything can fail: its samples are never judged
-        # as the old one's; the old version's alerts and last window end with it
+            try:
+                self._close_window()
+                carried += self._unsent
+                self._unsent = []
+                self._save_state()
+            except Exception:  # a bug: counted and logged; the new version is made current all the same
+                self.failures += 1
+                log.exception("drift monitoring: closing %s failed", self._current.key)
+        # the new version is current before anything else can fail: its samples are never
+        # judged as the old one's; the old version's alerts and last window end with it
         v = self._current = _Version(model, _key(model))
         self._window = None
         self.active = {}
         self.last = None
         saved = self._load(f"monitor:{v.key}") or {}
         self._window_index = saved["next"] if isinstance(saved.get("next"), int) else 0
-        self._unsent = self._unsent_from(saved.get("unsent"))
+        restored = self._unsent_from(saved.get("unsent"))
+        self._unsent = (carried + restored)[:MAX_UNSENT]
+        self.alerts_lost += max(0, len(carried) + len(restored) - MAX_UNSENT)
         raw = _manifest_reference(model)
         if raw is not None:
             try:
@@ -455,6 +471,10 @@ class DriftMonitor:
         if v is None:
             return
         self.samples += 1
+        if self._window is not None and sample.ts < self._window.start_ts:  # the clock stepped back
+            log.warning("drift monitoring: the clock went back %.0f s; window %d is dropped",
+                        self._window.start_ts - sample.ts, self._window.index)  # fmt: skip
+            self._window = None
         if self._window is None:
             self._window = Window(self._window_index, sample.ts)
         self._count(frames)
@@ -516,6 +536,9 @@ class DriftMonitor:
         samples stay (in memory and on disk) and every window tries again."""
         reference = v.reference
         assert reference is not None
+        if self.store is None:  # nowhere to keep it: it serves this run, learning starts again next
+            v.reference_saved, v.learning = True, []
+            return
         if self._write(
             "saving the learned reference", lambda s: s.save_state(f"reference:{v.key}", reference.to_json())
         ):
@@ -741,7 +764,16 @@ class DriftMonitor:
             return True
         except EdgeAgentError as err:
             self.listener_failures += 1
-            log.warning("drift monitoring: %r could not take %s now: %s", fn, type(value).__name__, err)
+            now = time.monotonic()
+            if now - self._refused_log_at >= 60.0:
+                self._refused_log_at = now
+                log.warning(
+                    "drift monitoring: %r could not take %s now: %s (%d refusals so far; tried again)",
+                    fn,
+                    type(value).__name__,
+                    err,
+                    self.listener_failures,
+                )
             return False
         except Exception:
             self.listener_failures += 1

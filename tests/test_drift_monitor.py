@@ -498,3 +498,63 @@ def test_alerts_a_listener_could_not_take_survive_a_restart_and_keep_their_order
     assert {"brightness", "contrast", "sharpness"} <= set(raised[:3] + raised)
     assert got[0].windows[-1] == 4 + K - 1  # the old ones first
     assert second.status()["unsent_alerts"] == 0 and second.alerts_lost == 0
+
+
+def test_alerts_waiting_at_a_swap_go_on_to_the_new_version_and_not_back_on_a_rollback(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    from inference.errors import TransientError
+
+    rng = np.random.default_rng(25)
+    samples = darkened(synthetic(rng, 4 * WINDOW, phi=0.3)) + synthetic(rng, 4 * WINDOW, phi=0.3)
+    store = MetricsStore(tmp_path / "metrics.db")
+    monitor = make(store, samples)
+    got: list[Alert] = []
+    disk_full = [True]
+
+    def outbox(alert: Alert) -> None:
+        if disk_full[0]:
+            raise TransientError("outbox: disk full")
+        got.append(alert)
+
+    monitor.on_alert.append(outbox)
+    feed(monitor, Model(1, reference), 0, K * WINDOW)
+    waiting = monitor.status()["unsent_alerts"]
+    assert waiting >= 3
+    disk_full[0] = False
+    feed(monitor, Model(2, reference), K * WINDOW, WINDOW)  # the swap, then a window of v2
+    assert len([a for a in got if a.version == 1]) == waiting  # v1's alerts, carried over
+    feed(monitor, Model(1, reference), 4 * WINDOW, WINDOW)  # back to v1: nothing of v1's again
+    monitor.stop()
+    assert len([a for a in got if a.version == 1 and a.state == "raised"]) == waiting
+    assert monitor.alerts_lost == 0
+
+
+def test_a_window_open_when_the_clock_steps_back_is_dropped(reference: dict[str, Any]) -> None:
+    samples = synthetic(np.random.default_rng(26), 200, phi=0.3)
+    monitor = make(None, samples)
+    reports: list[WindowReport] = []
+    monitor.on_window.append(reports.append)
+    result = Result(kind="detections", confidence=0.8, inference_ms=5.0)
+    model = Model(reference=reference)
+    for i in range(WINDOW + 10):
+        monitor.write(Frame(i, 1000.0 + i), result, model)
+        if i % 8 == 7:
+            assert monitor.drain(30)
+    for i in range(WINDOW + 10, 3 * WINDOW + 10):  # the clock went back an hour
+        monitor.write(Frame(i, 1000.0 - 3600 + i), result, model)
+        if i % 8 == 7:
+            assert monitor.drain(30)
+    assert monitor.drain(30)
+    monitor.stop()
+    assert [r.summary.samples for r in reports] == [WINDOW, WINDOW, WINDOW]
+    assert all(r.summary.end_ts >= r.summary.start_ts for r in reports)
+
+
+def test_without_a_store_a_learned_reference_serves_and_its_samples_are_let_go() -> None:
+    samples = synthetic(np.random.default_rng(27), 400, phi=0.3)
+    monitor = make(None, samples, learn=Span(count=120))
+    feed(monitor, Model(reference=None), 0, 150)
+    monitor.stop()
+    assert monitor.status()["reference"] == "learned"
+    assert monitor._current is not None and monitor._current.learning == []
