@@ -1,4 +1,5 @@
-"""Upload targets: SigV4 against AWS's published S3 examples, and the credentials file."""
+"""Upload targets: SigV4 against AWS's published S3 examples and a real moto S3 server (signatures
+checked), the credentials file, and ``HttpTarget`` against a real threaded HTTP server."""
 
 from __future__ import annotations
 
@@ -6,14 +7,33 @@ import calendar
 import hashlib
 import json
 import os
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import pytest
 
-from inference.errors import ConfigError, TransientError
+from inference.errors import ConfigError, FatalError, TransientError
 from monitoring import sigv4
 from monitoring.credentials import CredentialsFile
+from monitoring.upload_target import (
+    CredentialsRejected,
+    HttpTarget,
+    S3Target,
+    UploadRefused,
+    UploadUnavailable,
+    parse_retry_after,
+)
+from tests.fixtures.need import unavailable
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
 SHA = hashlib.sha256(JPEG).hexdigest()
@@ -175,3 +195,435 @@ def test_credentials_file_bad_input(
         creds.get()
     write_creds(path)  # fixed: the next call reads it
     assert creds.get().access_key_id == "AK"
+
+
+# --- S3 against a real moto server ----------------------------------------------------------
+
+
+@dataclass
+class Moto:
+    endpoint: str
+    client: httpx.Client
+    creds_path: Path
+    access_key: str = ""
+    secret: str = ""
+    targets: list[S3Target] = field(default_factory=list)
+
+    def target(self, url: str = "s3://frames/fleet-a", **kw: Any) -> S3Target:
+        creds = CredentialsFile(self.creds_path)
+        t = S3Target(url, credentials=creds, endpoint=self.endpoint, region="eu-west-1", **kw)
+        self.targets.append(t)
+        return t
+
+
+def _iam(client: httpx.Client, action: str, **params: str) -> str:
+    # unsigned: moto lets the first N requests through before it checks signatures
+    auth = (
+        "AWS4-HMAC-SHA256 Credential=setup/20240101/us-east-1/iam/aws4_request, "
+        "SignedHeaders=host, Signature=0"
+    )
+    data = {"Action": action, "Version": "2010-05-08", **params}
+    resp = client.post("/", data=data, headers={"Authorization": auth})
+    assert resp.status_code == 200, resp.text
+    return resp.text
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path) -> Iterator[Moto]:
+    """A moto S3 server on loopback with signature checks on, an IAM user allowed s3:*, its key in
+    a credential_process file, and the bucket ``frames``."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        unavailable(f"moto[server] is not installed ({exc}): pip install 'moto[server]'")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    try:
+        server.start()
+        host, port = server.get_host_and_port()
+    except Exception as exc:
+        unavailable(f"the moto S3 server cannot start on loopback: {exc}")
+    endpoint = f"http://{host}:{port}"
+    moto = Moto(endpoint, httpx.Client(base_url=endpoint, timeout=30), tmp_path / "s3-credentials.json")
+    try:
+        # signatures are checked from the 6th request on: five IAM calls make a user with a key and a
+        # role it may assume (for temporary credentials)
+        assert moto.client.post("/moto-api/reset-auth", content=b"5").status_code == 200
+        _iam(moto.client, "CreateUser", UserName="edge")
+        allow = {"Effect": "Allow", "Action": ["s3:*", "sts:AssumeRole"], "Resource": "*"}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [allow]})
+        _iam(moto.client, "PutUserPolicy", UserName="edge", PolicyName="s3", PolicyDocument=policy)
+        trust = {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}
+        trust_doc = json.dumps({"Version": "2012-10-17", "Statement": [trust]})
+        _iam(moto.client, "CreateRole", RoleName="uploader", AssumeRolePolicyDocument=trust_doc)
+        _iam(moto.client, "PutRolePolicy", RoleName="uploader", PolicyName="s3", PolicyDocument=policy)
+        text = _iam(moto.client, "CreateAccessKey", UserName="edge")
+        key = re.search(r"<AccessKeyId>(.+?)</AccessKeyId>", text)
+        secret = re.search(r"<SecretAccessKey>(.+?)</SecretAccessKey>", text)
+        assert key and secret
+        moto.access_key, moto.secret = key.group(1), secret.group(1)
+        write_creds(moto.creds_path, moto.access_key, moto.secret)
+        config = (
+            '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            "<LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>"
+        )
+        create = moto.target().request("PUT", "", config.encode(), "application/xml")  # CreateBucket, signed
+        resp = moto.client.send(create)
+        assert resp.status_code == 200, resp.text
+        yield moto
+    finally:
+        for t in moto.targets:
+            t.close()
+        moto.client.post("/moto-api/reset-auth", content=b"inf")
+        moto.client.post("/moto-api/reset")
+        moto.client.close()
+        server.stop()
+
+
+def test_s3_put_writes_content_keyed_objects(moto_s3: Moto) -> None:
+    target = moto_s3.target()
+    target.put(SHA, JPEG, META, "cam-1", TS)
+    jpg_key = f"fleet-a/cam-1/2023-11-14/{SHA}.jpg"
+    assert target.key(SHA, "cam-1", TS, "jpg") == jpg_key
+    assert target.get_object(jpg_key) == JPEG
+    assert json.loads(target.get_object(jpg_key[:-4] + ".json")) == META
+
+    target.put(SHA, JPEG, META, "cam-1", TS)  # a retry overwrites the same objects
+    listing = moto_s3.client.send(target.request("GET", "")).text  # ListObjects on the bucket
+    assert re.findall(r"<Key>(.+?)</Key>", listing) == [jpg_key, jpg_key[:-4] + ".json"]
+
+
+def test_s3_unsigned_read_is_refused(moto_s3: Moto) -> None:
+    """Signature checks are really on: the same GET without a signature is refused."""
+    target = moto_s3.target()
+    target.put(SHA, JPEG, META, "cam-1", TS)
+    resp = moto_s3.client.get(f"/frames/fleet-a/cam-1/2023-11-14/{SHA}.jpg")
+    assert resp.status_code == 403
+
+
+def test_s3_device_names_and_no_prefix(moto_s3: Moto) -> None:
+    target = moto_s3.target("s3://frames")
+    target.put(SHA, JPEG, META, "cam 1+a", TS)
+    assert target.get_object(f"cam 1+a/2023-11-14/{SHA}.jpg") == JPEG
+
+
+def test_s3_missing_bucket_is_refused_clearly(moto_s3: Moto) -> None:
+    target = moto_s3.target("s3://no-such-bucket/p")
+    with pytest.raises(UploadRefused, match=r"bucket 'no-such-bucket' does not exist") as info:
+        target.put(SHA, JPEG, META, "cam-1", TS)
+    assert (info.value.status, info.value.code, info.value.whole_target) == (404, "NoSuchBucket", True)
+    assert isinstance(info.value, FatalError)
+
+
+def test_s3_wrong_secret_names_the_credentials_file(moto_s3: Moto) -> None:
+    write_creds(moto_s3.creds_path, moto_s3.access_key, "not-the-secret")
+    target = moto_s3.target()
+    with pytest.raises(CredentialsRejected, match=r"SignatureDoesNotMatch.*s3-credentials\.json") as info:
+        target.put(SHA, JPEG, META, "cam-1", TS)
+    assert info.value.path == moto_s3.creds_path
+    assert isinstance(info.value, TransientError)  # items wait; not parked
+    write_creds(moto_s3.creds_path, moto_s3.access_key, moto_s3.secret)  # the fleet rotates the file
+    target.put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_s3_unknown_key_is_a_credentials_error(moto_s3: Moto) -> None:
+    write_creds(moto_s3.creds_path, "AKIAUNKNOWN000000000", moto_s3.secret)
+    with pytest.raises(CredentialsRejected, match=r"InvalidAccessKeyId"):
+        moto_s3.target().put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_s3_missing_credentials_file_is_transient(moto_s3: Moto) -> None:
+    moto_s3.creds_path.unlink()
+    with pytest.raises(TransientError, match=r"s3-credentials\.json cannot be read"):
+        moto_s3.target().put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_s3_connection_refused_is_transient(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_creds(tmp_path / "c.json")
+    target = S3Target(
+        "s3://b/p", credentials=CredentialsFile(tmp_path / "c.json"), endpoint=f"http://127.0.0.1:{port}"
+    )
+    with target, pytest.raises(UploadUnavailable, match="ConnectError"):
+        target.put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_s3_target_urls_and_config_errors(tmp_path: Path) -> None:
+    creds = CredentialsFile(tmp_path / "c.json")
+    aws = S3Target("s3://frames/a/b/", credentials=creds, region="eu-west-1")
+    assert aws.object_url(aws.key(SHA, "d", TS, "jpg")) == (
+        f"https://frames.s3.eu-west-1.amazonaws.com/a/b/d/2023-11-14/{SHA}.jpg"
+    )
+    dotted = S3Target("s3://my.frames", credentials=creds, region="eu-west-1")
+    assert dotted.object_url("k") == "https://s3.eu-west-1.amazonaws.com/my.frames/k"
+    for bad in ("https://frames/p", "s3:///p", "s3://b/p?x=1"):
+        with pytest.raises(ConfigError, match=r"\[upload\] url"):
+            S3Target(bad, credentials=creds)
+    with pytest.raises(ConfigError, match="endpoint"):
+        S3Target("s3://b", credentials=creds, endpoint="s3.example")
+    write_creds(tmp_path / "c.json")
+    with pytest.raises(FatalError, match="corrupt"):
+        aws.put("0" * 64, JPEG, META, "d", TS)
+    for t in (aws, dotted):
+        t.close()
+
+
+# --- HTTP against a real threaded server ------------------------------------------------------
+
+
+@dataclass
+class Store:
+    """What the server received, and the faults it is told to answer with next."""
+
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    store: Store
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        store = self.store
+        with store.lock:
+            store.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
+            fault = store.faults.pop(0) if store.faults else None
+        if fault is not None:
+            kind = fault["kind"]
+            if kind == "reset":  # RST instead of an answer
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
+            if kind == "hang":  # no answer until the test ends
+                store.release.wait(30)
+                self.close_connection = True
+                return
+            self._answer(fault["status"], fault.get("body", b""), fault.get("headers"))
+            return
+        if self.headers.get("Authorization") != "Bearer s3cret":
+            self._answer(401, b"bad token")
+            return
+        key = self.headers["Idempotency-Key"]
+        with store.lock:
+            item = store.items.setdefault(key, {})
+            item[self.path] = (self.headers.get("Content-Type", ""), body)
+        self._answer(201)
+
+    do_PUT = _handle
+    do_POST = _handle
+
+
+@dataclass
+class HttpServer:
+    url: str
+    store: Store
+    token: Path
+    targets: list[HttpTarget] = field(default_factory=list)
+
+    def target(self, template: str, **kw: Any) -> HttpTarget:
+        kw.setdefault("token_file", self.token)
+        t = HttpTarget(self.url + template, **kw)
+        self.targets.append(t)
+        return t
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[HttpServer]:
+    store = Store()
+    handler = type("BoundHandler", (Handler,), {"store": store})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    token = tmp_path / "upload-token"
+    token.write_text("s3cret\n")
+    srv = HttpServer(f"http://127.0.0.1:{server.server_address[1]}", store, token)
+    try:
+        yield srv
+    finally:
+        store.release.set()
+        for t in srv.targets:
+            t.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_http_put_stores_jpeg_and_sidecar_by_idempotency_key(http_server: HttpServer) -> None:
+    target = http_server.target("/frames/{device}/{date}/{sha256}.jpg?t={ts}")
+    target.put(SHA, JPEG, META, "cam 1", TS)
+    target.put(SHA, JPEG, META, "cam 1", TS)  # a retry lands on the same key and URLs
+    item = http_server.store.items[SHA]
+    base = f"/frames/cam%201/2023-11-14/{SHA}"
+    assert item == {
+        f"{base}.jpg?t=20231114T221320Z": ("image/jpeg", JPEG),
+        f"{base}.json?t=20231114T221320Z": (
+            "application/json",
+            json.dumps(META, sort_keys=True, separators=(",", ":")).encode(),
+        ),
+    }
+    assert len(http_server.store.items) == 1 and len(http_server.store.requests) == 4
+
+
+def test_http_post_multipart(http_server: HttpServer) -> None:
+    target = http_server.target("/upload/{device}", method="POST")
+    target.put(SHA, JPEG, META, "cam-1", TS)
+    ((path, (ctype, body)),) = http_server.store.items[SHA].items()
+    assert path == "/upload/cam-1" and ctype.startswith("multipart/form-data; boundary=")
+    assert f'name="image"; filename="{SHA}.jpg"'.encode() in body and JPEG in body
+    assert f'name="meta"; filename="{SHA}.json"'.encode() in body and b'"strategy":"unsure"' in body
+
+
+def test_http_503_with_retry_after_is_transient(http_server: HttpServer) -> None:
+    http_server.store.faults.append({"kind": "status", "status": 503, "headers": {"Retry-After": "120"}})
+    target = http_server.target("/f/{sha256}.jpg")
+    with pytest.raises(UploadUnavailable, match=r"HTTP 503.*Retry-After 120 s") as info:
+        target.put(SHA, JPEG, META, "cam-1", TS)
+    assert info.value.retry_after == 120.0
+    target.put(SHA, JPEG, META, "cam-1", TS)  # the server is back
+    assert SHA in http_server.store.items
+
+
+def test_http_429_without_retry_after(http_server: HttpServer) -> None:
+    http_server.store.faults.append({"kind": "status", "status": 429, "body": b"slow down"})
+    with pytest.raises(UploadUnavailable, match="HTTP 429 slow down") as info:
+        http_server.target("/f/{sha256}.jpg").put(SHA, JPEG, META, "cam-1", TS)
+    assert info.value.retry_after is None
+
+
+def test_http_400_is_refused_with_an_excerpt(http_server: HttpServer) -> None:
+    http_server.store.faults.append({"kind": "status", "status": 400, "body": b"bad frame " + b"x" * 1000})
+    with pytest.raises(UploadRefused, match=r"refused, HTTP 400 bad frame x+") as info:
+        http_server.target("/f/{sha256}.jpg").put(SHA, JPEG, META, "cam-1", TS)
+    assert info.value.status == 400 and len(info.value.excerpt) == 300
+    assert not info.value.whole_target
+
+
+def test_http_connection_reset_is_transient(http_server: HttpServer) -> None:
+    http_server.store.faults.append({"kind": "reset"})
+    with pytest.raises(UploadUnavailable, match=r"(ReadError|RemoteProtocolError|ConnectError)"):
+        http_server.target("/f/{sha256}.jpg").put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_http_timeout_is_transient(http_server: HttpServer) -> None:
+    http_server.store.faults.append({"kind": "hang"})
+    target = http_server.target("/f/{sha256}.jpg", io_timeout_s=0.2)
+    with pytest.raises(UploadUnavailable, match="timed out"):
+        target.put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_http_wrong_token_names_the_token_file(http_server: HttpServer) -> None:
+    http_server.token.write_text("wrong\n")
+    target = http_server.target("/f/{sha256}.jpg")
+    with pytest.raises(
+        CredentialsRejected, match=r"HTTP 401 bad token: the server refused the token in .*upload-token"
+    ):
+        target.put(SHA, JPEG, META, "cam-1", TS)
+    http_server.token.write_text("s3cret\n")
+    target.put(SHA, JPEG, META, "cam-1", TS)
+    assert http_server.store.requests[-1]["headers"]["Idempotency-Key"] == SHA
+
+
+def test_http_token_file_problems(http_server: HttpServer, tmp_path: Path) -> None:
+    target = http_server.target("/f/{sha256}.jpg", token_file=tmp_path / "missing")
+    with pytest.raises(TransientError, match=r"token file .*missing cannot be read"):
+        target.put(SHA, JPEG, META, "cam-1", TS)
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="one line holding the upload token"):
+        http_server.target("/f/{sha256}.jpg", token_file=tmp_path / "empty").put(SHA, JPEG, META, "cam-1", TS)
+    assert http_server.store.requests == []
+
+
+def test_http_config_errors() -> None:
+    for url, match in (
+        ("ftp://h/{sha256}", "expected s3://"),
+        ("http://h/{device}.jpg", r"needs \{sha256\}"),
+        ("http://h/{sha}.jpg", r"unknown placeholder\(s\) \['sha'\]"),
+        ("http://h/{}.jpg", "unknown placeholder"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            HttpTarget(url)
+    with pytest.raises(ConfigError, match="PUT or POST"):
+        HttpTarget("http://h/{sha256}", method="PATCH")
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7", 0) == 7.0
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", 40.0) == 60.0
+    assert parse_retry_after("999999", 0) == 3600.0
+    assert parse_retry_after("soon", 0) is None and parse_retry_after(None, 0) is None
+
+
+def _assume_role(moto: Moto) -> tuple[str, str, str]:
+    """Temporary credentials from moto's STS (AssumeRole, signed with the user's key), as a fleet
+    service would write them for a device."""
+    params = {
+        "Action": "AssumeRole",
+        "Version": "2011-06-15",
+        "RoleArn": "arn:aws:iam::123456789012:role/uploader",
+        "RoleSessionName": "cam-1",
+    }
+    body = urlencode(params).encode()
+    ctype = "application/x-www-form-urlencoded"
+    request = moto.client.build_request("POST", "/", content=body, headers={"Content-Type": ctype})
+    request.headers.update(
+        sigv4.sign(
+            "POST",
+            "/",
+            [],
+            {"host": request.headers["host"], "content-type": ctype},
+            hashlib.sha256(body).hexdigest(),
+            access_key=moto.access_key,
+            secret_key=moto.secret,
+            region="us-east-1",
+            when=time.time(),
+            service="sts",
+        )
+    )
+    text = moto.client.send(request).text
+    found = [
+        re.search(rf"<{n}>(.+?)</{n}>", text) for n in ("AccessKeyId", "SecretAccessKey", "SessionToken")
+    ]
+    assert all(found), text
+    key, secret, token = (m.group(1) for m in found if m)
+    return key, secret, token
+
+
+def test_s3_with_temporary_credentials(moto_s3: Moto) -> None:
+    key, secret, token = _assume_role(moto_s3)
+    write_creds(moto_s3.creds_path, key, secret, SessionToken=token, Expiration="2099-01-01T00:00:00Z")
+    target = moto_s3.target()
+    target.put(SHA, JPEG, META, "cam-1", TS)
+    assert target.get_object(f"fleet-a/cam-1/2023-11-14/{SHA}.jpg") == JPEG
+    write_creds(moto_s3.creds_path, key, secret, SessionToken="forged", Expiration="2099-01-01T00:00:00Z")
+    with pytest.raises(CredentialsRejected, match=r"InvalidToken.*s3-credentials\.json"):
+        target.put(SHA, JPEG, META, "cam-1", TS)
+
+
+def test_s3_skewed_clock_says_so(tmp_path: Path) -> None:
+    """moto does not check the request time; AWS answers this (its documented error body)."""
+    xml = (
+        "<Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the request time and "
+        "the current time is too large.</Message></Error>"
+    )
+    transport = httpx.MockTransport(lambda request: httpx.Response(403, text=xml))
+    write_creds(tmp_path / "c.json")
+    target = S3Target("s3://b/p", credentials=CredentialsFile(tmp_path / "c.json"), transport=transport)
+    with target, pytest.raises(UploadUnavailable, match=r"RequestTimeTooSkewed.*clock.*NTP"):
+        target.put(SHA, JPEG, META, "cam-1", TS)
