@@ -91,27 +91,32 @@ def _read_labels(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def read_images(source: Path, limit: int) -> list[npt.NDArray[np.uint8]]:
-    """Images for golden pairs: one image file, or the first ``limit`` images of a folder (by name)."""
+def _image_files(source: Path, flag: str, limit: int) -> list[Path]:
+    """The first ``limit`` images of a folder, by name; ``ConfigError`` naming ``flag`` if none."""
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise ConfigError(f"{flag} {source}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    return files
+
+
+def _read_image(path: Path, flag: str) -> npt.NDArray[np.uint8]:
     import cv2
 
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ConfigError(f"{flag}: cannot read {path} as an image (OpenCV cannot decode it)")
+    return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def read_images(source: Path, limit: int) -> list[npt.NDArray[np.uint8]]:
+    """Images for golden pairs: one image file, or the first ``limit`` images of a folder (by name)."""
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-        if not files:
-            raise ConfigError(
-                f"--golden-from {source}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder"
-            )
+        files = _image_files(source, "--golden-from", limit)
     elif source.is_file():
         files = [source]
     else:
         raise ConfigError(f"--golden-from {source}: no such file or folder")
-    images = []
-    for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ConfigError(f"--golden-from: cannot read {f} as an image (OpenCV cannot decode it)")
-        images.append(np.ascontiguousarray(img, dtype=np.uint8))
-    return images
+    return [_read_image(f, "--golden-from") for f in files]
 
 
 def reference_frames(
@@ -122,14 +127,8 @@ def reference_frames(
     import cv2
 
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-        if not files:
-            raise ConfigError(f"--reference {source}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-        for i, f in enumerate(files):
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is None:
-                raise ConfigError(f"--reference: cannot read {f} as an image (OpenCV cannot decode it)")
-            yield i, i * every_s, np.asarray(img, np.uint8)
+        for i, f in enumerate(_image_files(source, "--reference", limit)):
+            yield i, i * every_s, _read_image(f, "--reference")
         return
     if not source.is_file():
         raise ConfigError(f"--reference {source}: no such file or folder; give a folder of images or a video")
@@ -156,6 +155,12 @@ def reference_frames(
 
 def reference_profile(source: Path, every_s: float, limit: int) -> Callable[[Any], dict[str, Any]]:
     """A function computing the reference profile of a loaded model on ``source``'s frames."""
+    from monitoring.reference import MIN_SAMPLES
+
+    if not (math.isfinite(every_s) and every_s > 0):
+        raise ConfigError(f"--reference-every {every_s}: give the seconds between frames, e.g. 1")
+    if limit < MIN_SAMPLES:
+        raise ConfigError(f"--reference-count {limit}: a reference needs at least {MIN_SAMPLES} frames")
 
     def compute(model: Any) -> dict[str, Any]:
         from monitoring.frame_stats import FrameStats

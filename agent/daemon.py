@@ -76,7 +76,7 @@ STATUS_EVERY_S = 10.0
 class Service(Protocol):
     """A component that runs beside the pipeline (started after it is built, stopped first)."""
 
-    def start(self) -> None: ...
+    def start(self) -> object: ...  # (a Periodic returns itself)
 
     def stop(self) -> None: ...
 

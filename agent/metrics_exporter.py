@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.config import parse_metrics_address
-from monitoring.prometheus import AgentMetrics, LatencyHistogram, MetricsServer
+from monitoring.prometheus import AgentMetrics, HistogramSnapshot, MetricsServer
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
@@ -32,7 +32,7 @@ def snapshot(daemon: Daemon) -> AgentMetrics:
         sink_errors=s.sink_errors,
         reconnects=s.reconnects,
         fps=s.fps,
-        latency=monitor.latency.snapshot() if monitor is not None else _NO_LATENCY,
+        latency=monitor.latency.snapshot() if monitor is not None else HistogramSnapshot.empty(),
         confidence=None if last is None else last.summary.means.get("confidence"),
         drift=monitor.drift_scores() if monitor is not None else {},
         alerts_active={key: 1 for key in monitor.active} if monitor is not None else {},
@@ -51,9 +51,6 @@ def snapshot(daemon: Daemon) -> AgentMetrics:
             else {}
         ),
     )
-
-
-_NO_LATENCY = LatencyHistogram().snapshot()
 
 
 def metrics_server(daemon: Daemon) -> MetricsServer:

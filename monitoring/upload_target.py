@@ -31,7 +31,6 @@ Bearer <token>`` (re-read when the file changes).
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import os
@@ -46,6 +45,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from inference import http_headers
 from inference.errors import ConfigError, FatalError, TransientError
 from monitoring import sigv4
 from monitoring.credentials import CredentialsFile
@@ -110,21 +110,8 @@ class UploadTarget(Protocol):
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), capped; None if absent/bad."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return min(float(int(text)), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
+    """Seconds from a ``Retry-After`` header, at most ``MAX_RETRY_AFTER_S``; None if absent/bad."""
+    return http_headers.parse_retry_after(value, now, MAX_RETRY_AFTER_S)
 
 
 def _excerpt(resp: httpx.Response) -> str:

@@ -36,7 +36,6 @@ the stored file.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import importlib.metadata
 import json
@@ -46,13 +45,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timezone
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import httpx
 
 from inference.fsio import DEFAULT_FS, FsOps, atomic_write_json
+from inference.http_headers import parse_retry_after
 from ota.errors import BundleError, TransientError, VerificationError
 
 log = logging.getLogger(__name__)
@@ -113,24 +112,6 @@ class DownloadResult:
     sha256: str
     transferred: int
     resumed: bool
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:  # older Pythons return None for some malformed dates
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:

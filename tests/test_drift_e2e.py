@@ -289,3 +289,26 @@ def test_report_metrics_and_status_of_a_running_agent(scenes: Scenes, tmp_path: 
             assert im.width >= 600 and im.height >= 300
         assert png.stat().st_size > 10_000
     assert "brightness" in html and "blazeface" in html
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--reference-every", "0"], "--reference-every 0.0: give the seconds between frames"),
+        (["--reference-count", "10"], "--reference-count 10: a reference needs at least 60 frames"),
+        ([], "no such file or folder; give a folder of images or a video"),
+    ],
+)
+def test_bundle_create_refuses_a_reference_it_cannot_build(
+    scenes: Scenes, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    from agent.cli import main as cli
+
+    source = str(scenes.root / "reference") if flags else str(tmp_path / "missing")
+    model = next(scenes.bundle.glob("model.*"))
+    code = cli(
+        ["bundle", "create", str(model), "--name", "m", "--version", "1", "--reference", source,
+         "--out", str(tmp_path / "out"), *flags]
+    )  # fmt: skip
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing half-written

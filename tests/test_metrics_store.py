@@ -497,19 +497,55 @@ def test_a_read_only_database_file_is_fatal(tmp_path: Path) -> None:
     with pytest.raises(FatalError, match="readonly"):
         s.save_state("k", {})
     s.close()
-    # A copy whose file mode forbids writing: root writes to it anyway, so only as another user.
-    copy = tmp_path / "copy" / "metrics.db"
-    copy.parent.mkdir()
-    shutil.copy(src, copy)
-    copy.chmod(0o444)
-    if os.geteuid() == 0:
-        pytest.skip("running as root: file modes do not stop root writing; the query_only case above ran")
-    s = MetricsStore(copy)
+    # A copy whose file mode forbids writing. Root writes to it anyway, so as root the check
+    # runs in a child process as the unprivileged user "nobody" (never skipped).
+    if os.geteuid() != 0:
+        copy = tmp_path / "copy" / "metrics.db"
+        copy.parent.mkdir()
+        shutil.copy(src, copy)
+        copy.chmod(0o444)
+        s = MetricsStore(copy)
+        try:
+            with pytest.raises(FatalError, match="readonly"):
+                s.add_window(window(D + 120), [score("brightness", 0.5)])
+        finally:
+            s.close()
+        return
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ro-metrics-"))
     try:
-        with pytest.raises(FatalError, match="readonly"):
-            s.add_window(window(D + 120), [score("brightness", 0.5)])
+        folder.chmod(0o755)
+        copy = folder / "metrics.db"
+        shutil.copy(src, copy)
+        copy.chmod(0o444)
+        # a forked child keeps this interpreter and its modules, so it needs no file of root's
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop to nobody, try to write, report through the pipe
+            code = 1
+            try:
+                os.close(read_end)
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    MetricsStore(copy).save_state("k", {})
+                    os.write(write_end, b"written")
+                except FatalError as err:  # refused at open (WAL needs writing) or at the write
+                    os.write(write_end, f"refused: {err}".encode())
+                    code = 0
+                except BaseException as err:
+                    os.write(write_end, repr(err).encode())
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            said = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, said
+        assert said.startswith("refused:") and "readonly" in said
     finally:
-        s.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_reader_reads_while_the_writer_holds_its_lock_and_never_writes(store: MetricsStore) -> None:
