@@ -300,6 +300,23 @@ class Spool:
             )
             return cur.rowcount > 0
 
+    def quarantine(self, sha: str, reason: str) -> bool:
+        """Move an item that cannot be uploaded (corrupt, a file missing or unreadable) to
+        ``quarantine/`` and drop its row, counted in ``quarantined``; False when not in the spool."""
+        with self._lock:
+            with self._sql("reading a spooled frame") as conn:
+                if self._get(conn, sha) is None:
+                    return False
+            try:
+                self._quarantine(sha)
+            except OSError as exc:
+                raise _os_error(exc, self.root, f"quarantining frame {sha[:12]}") from None
+            with self._sql("removing a quarantined frame") as conn:
+                conn.execute("DELETE FROM items WHERE sha256 = ?", (sha,))
+                self._bump(conn, "quarantined", 1)
+        log.warning("spool: item %s moved to %s: %s", sha, self.root / QUARANTINE, reason)
+        return True
+
     def purge(self) -> int:
         """Remove every item, parked ones too (``quarantine/`` is left alone); returns how many."""
         with self._lock:

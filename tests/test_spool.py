@@ -324,6 +324,29 @@ def test_a_corrupt_sidecar_is_quarantined_and_reported(tmp_path: Path) -> None:
     assert consistent(tmp_path) == {a.sha256, b.sha256}
 
 
+def test_quarantine_moves_the_files_drops_the_row_and_counts(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    a = spool.put(jpeg(1), {"strategy": "s"})
+    b = spool.put(jpeg(2), {"strategy": "s"})
+    assert a and b
+    assert spool.quarantine(a.sha256, "digest mismatch")
+    b.jpeg_path.unlink()  # a file lost: what is left goes to quarantine/
+    assert spool.quarantine(b.sha256, "JPEG missing")
+    assert not spool.quarantine(b.sha256, "again") and not spool.quarantine("0" * 64, "unknown")
+    assert {p.name for p in (tmp_path / QUARANTINE).iterdir()} == {
+        f"{a.sha256}.jpg",
+        f"{a.sha256}.json",
+        f"{b.sha256}.json",
+    }
+    assert spool.pending(10) == [] and spool.status()["quarantined"] == 2
+    spool.close()
+    spool = open_spool(tmp_path)  # counted across a restart, nothing to repair
+    assert spool.status()["quarantined"] == 2 and spool.last_repair["quarantined"] == []
+    assert spool.put(jpeg(1), {"strategy": "s"}) is not None  # the same content may come again
+    spool.close()
+    assert consistent(tmp_path) == {a.sha256}
+
+
 def test_a_full_disk_in_sqlite_is_transient_and_leaves_no_files(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     assert spool.put(jpeg(1), {}) is not None
