@@ -20,12 +20,15 @@ at 00:00:00 UTC. Fixed windows are O(1) and predictable; they let through at mos
 quota across a boundary, which for sampling is fine. The daily byte budget (``daily_bytes``) is
 charged after the JPEG is made (``charge``); once spent, ``select`` returns None until the UTC
 day rolls over. A frame that is taken but then not kept (a duplicate, a full queue) can give its
-slot back with ``release``. A clock that steps back starts the windows afresh.
+slot back with ``release``. A clock that steps back starts the windows afresh. ``select`` runs
+on the results thread while ``release`` and ``charge`` come from the collector's worker: one
+lock (uncontended: about 0.1 µs) keeps the counts exact.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -255,12 +258,14 @@ class Sampler:
         self.taken: dict[str, int] = {s.name: 0 for s in self.strategies}  # frames taken, since start
         self.over_quota: dict[str, int] = {s.name: 0 for s in self.strategies}  # matched, no quota left
         self.over_budget = 0  # frames not considered because the byte budget was spent
+        self._lock = threading.Lock()
 
     @property
     def bytes_today(self) -> int:
         """Bytes charged in the current UTC day."""
-        self._roll_day(self.clock())
-        return self._spent
+        with self._lock:
+            self._roll_day(self.clock())
+            return self._spent
 
     def _roll_day(self, now: float) -> None:
         day = int(now // DAY_S)
@@ -293,6 +298,10 @@ class Sampler:
         self, result: Result, sample_values: dict[str, float] | None = None, drifted: bool = False
     ) -> str | None:
         """The name of the first strategy that matches ``result`` and has quota left (counted), or None."""
+        with self._lock:
+            return self._select(result, sample_values, drifted)
+
+    def _select(self, result: Result, sample_values: dict[str, float] | None, drifted: bool) -> str | None:
         now = self.clock()
         if self.daily_bytes is not None:
             self._roll_day(now)
@@ -316,9 +325,11 @@ class Sampler:
         """Give back the quota slot of a frame ``name`` took but that was not kept (a duplicate, a drop)."""
         quota = self._quotas.get(name)
         if quota is not None:
-            quota.give_back()
+            with self._lock:
+                quota.give_back()
 
     def charge(self, nbytes: int) -> None:
         """Count ``nbytes`` (a JPEG just made) against today's byte budget."""
-        self._roll_day(self.clock())
-        self._spent += max(0, int(nbytes))
+        with self._lock:
+            self._roll_day(self.clock())
+            self._spent += max(0, int(nbytes))
