@@ -38,6 +38,7 @@ REJECT_REASONS = (
     "unsupported_action",  # an action this agent does not carry out
     "pinned",  # the serving version is pinned on the device (`edge-agent models unpin`)
     "not_applicable",  # nothing to do: already serving that version, no previous version to roll back to
+    "invalid_policy",  # a sampling policy (or capture) the device refuses; the message names the key
 )
 
 

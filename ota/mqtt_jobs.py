@@ -11,8 +11,10 @@ counter). Only then does it reach the update core:
                validates, swaps and proves it, reporting every step
     rollback   the manager's rollback (a job with this id, or the version on probation)
     pin        pins the serving version (or ``version``): SUCCEEDED or REJECTED at once
-    sampling,  REJECTED ``unsupported_action`` by this agent version
-    capture
+    sampling   ``SamplingControl.set_policy(table)``: SUCCEEDED, or REJECTED ``invalid_policy``
+               naming the key (the same parser as the config's [sampling] table)
+    capture    ``SamplingControl.capture(frames)``: SUCCEEDED, or REJECTED
+               (both REJECTED ``unsupported_action`` while ``sampling`` is None: sampling off)
 
 A second delivery of a job already accepted (same id and nonce, validly signed: QoS 1 is at
 least once) is ignored; the same id with another nonce, or a nonce under another id, is a
@@ -32,10 +34,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from inference.errors import EdgeAgentError
+from inference.errors import ConfigError, EdgeAgentError
 from ota.errors import Rejected
 from ota.outbox import Outbox
 from ota.protocol import ID_RE, JobMessage, Topics, parse_job, status_from_event
@@ -46,7 +48,7 @@ from ota.update_machine import UpdateMachine
 
 log = logging.getLogger(__name__)
 
-UNSUPPORTED = ("sampling", "capture")
+SAMPLING_OFF = "sampling is off on this device ([sampling] / [upload] in its config)"
 UNVERIFIED_PER_MIN = 60  # reported refusals of unsigned or badly signed messages, per minute
 
 
@@ -65,8 +67,23 @@ class JobTarget(Protocol):
     def pin(self, version: int | None) -> Any: ...
 
 
+class SamplingControl(Protocol):
+    """What the ``sampling`` and ``capture`` jobs need of the device's frame collector.
+
+    Both return a short message for the SUCCEEDED status; ``ConfigError`` (a policy the
+    config's checks refuse, naming the key) is REJECTED ``invalid_policy``, another
+    ``EdgeAgentError`` REJECTED ``not_applicable``."""
+
+    def set_policy(self, table: Mapping[str, Any], *, job_id: str) -> str: ...
+
+    def capture(self, frames: int, *, job_id: str) -> str: ...
+
+
 class MqttJobs:
-    """See the module docstring. ``on_message`` is the link's handler for both notify topics."""
+    """See the module docstring. ``on_message`` is the link's handler for both notify topics.
+
+    ``sampling``: the device's collector, settable after construction (None: sampling is off
+    and the ``sampling`` and ``capture`` jobs are REJECTED ``unsupported_action``)."""
 
     def __init__(
         self,
@@ -77,8 +94,10 @@ class MqttJobs:
         trust: TrustStore,
         target: JobTarget,
         clock: Callable[[], float] = time.time,
+        sampling: SamplingControl | None = None,
     ) -> None:
         self.device_id = device_id
+        self.sampling = sampling
         self.group = group
         self.topics = topics
         self.trust = trust
@@ -168,10 +187,6 @@ class MqttJobs:
             ctx=ctx,
             now=self.clock(),
         )
-        if job.action in UNSUPPORTED:
-            raise Rejected(
-                "unsupported_action", f"action {job.action!r} is not carried out by this agent version"
-            )
         return True
 
     # ------------------------------------------------------------------ actions
@@ -221,7 +236,30 @@ class MqttJobs:
                 raise Rejected("not_applicable", str(err)) from None
             self._report(job.job_id, JobStatus.SUCCEEDED, reason=str(answer.get("message", "")))
             return
+        if job.action in ("sampling", "capture"):
+            self._sampling(job)
+            return
         raise Rejected("unsupported_action", f"action {job.action!r} is not known")  # pragma: no cover
+
+    def _sampling(self, job: JobMessage) -> None:
+        """A ``sampling`` or ``capture`` job, its id and nonce already marked seen."""
+        control = self.sampling  # read once: the agent may attach or detach it meanwhile
+        if control is None:
+            raise Rejected("unsupported_action", SAMPLING_OFF)
+        try:
+            if job.action == "sampling":
+                assert job.sampling is not None  # parse_job requires it
+                message = control.set_policy(job.sampling, job_id=job.job_id)
+            else:
+                assert job.frames is not None  # parse_job requires it
+                message = control.capture(job.frames, job_id=job.job_id)
+        except ConfigError as err:
+            raise Rejected("invalid_policy", str(err)) from None
+        except Rejected:
+            raise
+        except EdgeAgentError as err:
+            raise Rejected("not_applicable", str(err)) from None
+        self._report(job.job_id, JobStatus.SUCCEEDED, reason=message)
 
     def _report(self, job_id: str, status: JobStatus, *, reason: str | None = None) -> None:
         machine = self.target.machine
@@ -268,4 +306,4 @@ class StatusPublisher:
         self.wake()
 
 
-__all__ = ["JobTarget", "MqttJobs", "StatusPublisher"]
+__all__ = ["SAMPLING_OFF", "JobTarget", "MqttJobs", "SamplingControl", "StatusPublisher"]

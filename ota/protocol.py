@@ -93,8 +93,10 @@ MAX_TELEMETRY_BYTES = 16384
 MAX_ALERT_BYTES = 32768
 MAX_EVENT_BYTES = 65536
 
-#: ``deploy`` | ``rollback`` | ``pin`` are carried out; ``sampling`` and ``capture`` parse
-#: but this agent version rejects them ``unsupported_action`` (the device decides that).
+#: ``deploy`` | ``rollback`` | ``pin`` change the model; ``sampling`` sets the device's
+#: sampling policy (a ``[sampling]`` table as JSON, whose meaning the device checks) and
+#: ``capture`` keeps its next ``frames`` frames. A device without sampling rejects those two
+#: ``unsupported_action``.
 JOB_ACTIONS = ("deploy", "rollback", "pin", "sampling", "capture")
 JOB_FIELDS = (
     "job_id",
@@ -107,12 +109,22 @@ JOB_FIELDS = (
     "manifest_sha256",
     "release_counter",
     "version",
+    "sampling",
+    "frames",
     "key_id",
     "signature",
 )
 JOB_REQUIRED = ("job_id", "action", "target", "issued_at", "expires_at", "nonce")
 DEPLOY_ONLY = ("manifest_url", "manifest_sha256", "release_counter")
 PIN_ONLY = ("version",)
+SAMPLING_ONLY = ("sampling",)
+CAPTURE_ONLY = ("frames",)
+#: A ``sampling`` policy: its canonical JSON at most this many bytes, nested at most this deep
+#: (the object itself is level 1; a [sampling] table needs 4).
+MAX_SAMPLING_BYTES = 16384
+MAX_SAMPLING_DEPTH = 8
+#: ``frames`` of a capture job: 1 to this many.
+MAX_CAPTURE_FRAMES = 1000
 
 STATUSES = tuple(s.value for s in JobStatus)
 STEP_NAMES = tuple(dict.fromkeys(STEPS.values()))
@@ -513,6 +525,10 @@ class JobMessage:
     manifest_sha256: str | None = None
     release_counter: int | None = None
     version: int | None = None
+    #: sampling: the ``[sampling]`` table as JSON (its meaning is checked on the device).
+    sampling: dict[str, Any] | None = field(default=None, hash=False)
+    #: capture: how many of the next frames to keep.
+    frames: int | None = None
     #: The parsed object without "signature": what was signed.
     body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -556,6 +572,46 @@ def _check_target(value: object) -> Target:
     return Target(devices=tuple(devices))
 
 
+def _depth(value: object) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        if deepest > MAX_SAMPLING_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _check_sampling(value: object) -> dict[str, Any]:
+    """The shape of a ``sampling`` policy: an object, nested at most ``MAX_SAMPLING_DEPTH``
+    deep, at most ``MAX_SAMPLING_BYTES`` as canonical JSON. Its keys and values are the
+    device's to judge (``monitoring.sampling_policy.parse_policy``)."""
+    rule = "must be a [sampling] table as a JSON object"
+    if not isinstance(value, dict):
+        raise _Invalid("sampling", _got(value), rule)
+    depth = _depth(value)
+    if depth > MAX_SAMPLING_DEPTH:
+        raise _Invalid(
+            "sampling", f"nested {depth}+ levels deep", f"{rule}, nested at most {MAX_SAMPLING_DEPTH}"
+        )
+    try:
+        size = len(canonical_json(value))
+    except Rejected:  # NaN, a lone surrogate, a non-string key: no JSON at all
+        raise _Invalid("sampling", "has no canonical JSON form", f"{rule} of valid Unicode text") from None
+    if size > MAX_SAMPLING_BYTES:
+        raise _Invalid("sampling", f"{size} bytes as canonical JSON", f"must be at most {MAX_SAMPLING_BYTES}")
+    return value
+
+
 def _check_job(obj: Mapping[str, Any], *, signed: bool) -> dict[str, Any]:
     """The JobMessage fields of ``obj`` (without ``body``), or ``_Invalid``."""
     allowed = JOB_FIELDS if signed else tuple(f for f in JOB_FIELDS if f not in ("key_id", "signature"))
@@ -577,9 +633,10 @@ def _check_job(obj: Mapping[str, Any], *, signed: bool) -> dict[str, Any]:
     for key in DEPLOY_ONLY:
         if key in obj and action != "deploy":
             raise _Invalid(key, f"given with action {action!r}", "only a deploy job carries it")
-    for key in PIN_ONLY:
-        if key in obj and action != "pin":
-            raise _Invalid(key, f"given with action {action!r}", "only a pin job carries it")
+    for only, owner in ((PIN_ONLY, "pin"), (SAMPLING_ONLY, "sampling"), (CAPTURE_ONLY, "capture")):
+        for key in only:
+            if key in obj and action != owner:
+                raise _Invalid(key, f"given with action {action!r}", f"only a {owner} job carries it")
     if action == "deploy":
         _require(obj, ("manifest_url", "manifest_sha256"), "deploy job")
         url = obj["manifest_url"]
@@ -601,6 +658,18 @@ def _check_job(obj: Mapping[str, Any], *, signed: bool) -> dict[str, Any]:
             out["release_counter"] = _uint(obj, "release_counter", " (the manifest's release counter)")
     if action == "pin" and "version" in obj:
         out["version"] = _uint(obj, "version", " (a version in the store)")
+    if action == "sampling":
+        _require(obj, SAMPLING_ONLY, "sampling job")
+        out["sampling"] = _check_sampling(obj["sampling"])
+    if action == "capture":
+        _require(obj, CAPTURE_ONLY, "capture job")
+        frames = obj["frames"]
+        if not _is_int(frames) or not 1 <= frames <= MAX_CAPTURE_FRAMES:
+            extra = " (written without a fraction or exponent)" if isinstance(frames, float) else ""
+            raise _Invalid(
+                "frames", _got(frames), f"must be an integer from 1 to {MAX_CAPTURE_FRAMES}{extra}"
+            )
+        out["frames"] = frames
     if signed:
         out["key_id"] = _match(
             obj["key_id"],
@@ -636,6 +705,15 @@ def parse_job(payload: bytes) -> JobMessage:
     return JobMessage(**fields, body=body)
 
 
+def _plain(value: Any) -> Any:
+    """A mapping (a TOML table, say) as plain JSON types: dicts, lists and scalars."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 #: What ``key_id`` and ``signature`` add to a job's canonical JSON.
 SIGNATURE_OVERHEAD = len(canonical_json({"key_id": "0" * 16, "signature": "A" * 88})) - len(b"{}") + len(b",")
 
@@ -653,6 +731,8 @@ def build_job(
     manifest_sha256: str | None = None,
     release_counter: int | None = None,
     version: int | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    frames: int | None = None,
 ) -> dict[str, Any]:
     """An unsigned job (no ``key_id``/``signature``) by the rules of ``parse_job``; else
     ``ConfigError`` naming the field. A signer adds ``key_id``, then ``signature`` over
@@ -672,6 +752,8 @@ def build_job(
         "manifest_sha256": manifest_sha256,
         "release_counter": release_counter,
         "version": version,
+        "sampling": None if sampling is None else _plain(sampling),
+        "frames": frames,
     }
     job.update({k: v for k, v in optional.items() if v is not None})
     try:
@@ -1426,8 +1508,11 @@ __all__ = [
     "JOB_ACTIONS",
     "JOB_FIELDS",
     "MAX_ALERT_BYTES",
+    "MAX_CAPTURE_FRAMES",
     "MAX_EVENT_BYTES",
     "MAX_JOB_BYTES",
+    "MAX_SAMPLING_BYTES",
+    "MAX_SAMPLING_DEPTH",
     "MAX_STATE_BYTES",
     "MAX_STATUS_BYTES",
     "MAX_TELEMETRY_BYTES",

@@ -367,8 +367,17 @@ CASES = [
         0,
         [9],
     ),
-    Case("sampling", "sampling", {}, None, None, ("REJECTED", "unsupported_action"), 0, []),
-    Case("capture", "capture", {}, None, None, ("REJECTED", "unsupported_action"), 0, []),
+    Case(
+        "sampling-off",
+        "sampling",
+        {"sampling": {"dedup_bits": 6}},
+        None,
+        None,
+        ("REJECTED", "unsupported_action"),
+        0,
+        [],
+    ),
+    Case("capture-off", "capture", {"frames": 3}, None, None, ("REJECTED", "unsupported_action"), 0, []),
     Case(
         "expired", "deploy", {"issued_at": 100, "expires_at": 200}, None, None, ("REJECTED", "expired"), 0, []
     ),
@@ -412,7 +421,7 @@ def test_dispatch(channel: Callable[..., Channel], fleet: Fleet, case: Case) -> 
     assert ch.target.rollbacks == [("job-1", "mqtt")] * case.rollbacks
     assert ch.target.pins == case.pins
     # a rollback or pin marks its id and nonce seen before it is carried out; a queued deploy too
-    marked = case.action in ("rollback", "pin") or case.expect == ("QUEUED", None)
+    marked = case.action in ("rollback", "pin", "sampling", "capture") or case.expect == ("QUEUED", None)
     assert ch.target.machine.has_seen("job-1") is marked
     assert ch.target.machine.has_seen(f"nonce:{obj['nonce']}") is marked
     statuses = outbox_statuses(ch.outbox)

@@ -22,6 +22,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+import tomllib
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -104,6 +106,45 @@ def rollback(**over: Any) -> dict[str, Any]:
         job_id="rb.1", action="rollback", devices=["cam-1"], issued_at=0, expires_at=1, nonce="_" * 64
     )
     return {**sign(job), **over}
+
+
+POLICY: dict[str, Any] = {
+    "dedup_bits": 6,
+    "dedup_window": "10m",
+    "strategies": [
+        {"name": "unsure", "kind": "uncertain", "low": 0.3, "high": 0.6, "per_minute": 10},
+        {"name": "people", "kind": "classes", "labels": ["person", "vélo"]},
+    ],
+}
+
+
+def sampling(**over: Any) -> dict[str, Any]:
+    job = P.build_job(
+        job_id="sampling-1", action="sampling", devices=["cam-1"], issued_at=10, expires_at=20,
+        nonce="s" * 16, sampling=POLICY,
+    )  # fmt: skip
+    return {**sign(job), **over}
+
+
+def capture(**over: Any) -> dict[str, Any]:
+    job = P.build_job(
+        job_id="capture-1",
+        action="capture",
+        group="lobby",
+        issued_at=10,
+        expires_at=20,
+        nonce="c" * 16,
+        frames=5,
+    )
+    return {**sign(job), **over}
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object ``depth`` levels deep (this one is level 1)."""
+    value: Any = 1
+    for i in range(depth - 1):
+        value = [value] if i % 2 else {"k": value}
+    return {"strategies": value}
 
 
 def without(job: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -461,10 +502,85 @@ def test_parse_job_refuses(payload: bytes, reason: str, field: str) -> None:
     assert len(message) < 400, message  # no payload echoed back in full
 
 
-def test_sampling_and_capture_parse() -> None:
-    """The device, not the parser, rejects them ``unsupported_action``."""
-    for action in ("sampling", "capture"):
-        assert P.parse_job(raw(rollback(action=action))).action == action
+def test_sampling_and_capture_jobs_parse() -> None:
+    job = P.parse_job(raw(sampling()))
+    assert (job.action, job.sampling, job.frames, job.devices) == ("sampling", POLICY, None, ("cam-1",))
+    job = P.parse_job(raw(capture()))
+    assert (job.action, job.frames, job.sampling, job.group) == ("capture", 5, None, "lobby")
+    for frames in (1, P.MAX_CAPTURE_FRAMES):
+        assert P.parse_job(raw(sign(without(capture(frames=frames), "signature", "key_id")))).frames == frames
+    # the policy's meaning is the device's to judge: an unknown key is well formed here
+    assert P.parse_job(raw(sampling(sampling={"no_such_key": [1, {"x": None}]}))).sampling is not None
+    assert P.parse_job(raw(sampling(sampling={}))).sampling == {}
+    assert P.parse_job(raw(sampling(sampling=nested(P.MAX_SAMPLING_DEPTH)))).sampling is not None
+
+
+#: (id, job, field the message starts with): all refused ``malformed``
+SAMPLING_REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
+    ("sampling-missing", without(sampling(), "sampling"), "sampling"),
+    ("sampling-null", sampling(sampling=None), "sampling"),
+    ("sampling-list", sampling(sampling=[POLICY]), "sampling"),
+    ("sampling-string", sampling(sampling='{"dedup_bits": 6}'), "sampling"),
+    ("sampling-too-deep", sampling(sampling=nested(P.MAX_SAMPLING_DEPTH + 1)), "sampling"),
+    ("sampling-with-frames", sampling(frames=5), "frames"),
+    ("sampling-with-rollback", rollback(sampling=POLICY), "sampling"),
+    ("sampling-with-deploy", deploy(sampling=POLICY), "sampling"),
+    ("frames-missing", without(capture(), "frames"), "frames"),
+    ("frames-zero", capture(frames=0), "frames"),
+    ("frames-over", capture(frames=P.MAX_CAPTURE_FRAMES + 1), "frames"),
+    ("frames-negative", capture(frames=-1), "frames"),
+    ("frames-float", capture(frames=5.0), "frames"),
+    ("frames-bool", capture(frames=True), "frames"),
+    ("frames-string", capture(frames="5"), "frames"),
+    ("frames-with-pin", pin(frames=5), "frames"),
+    ("capture-with-sampling", capture(sampling=POLICY), "sampling"),
+]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"), [c[1:] for c in SAMPLING_REJECTIONS], ids=[c[0] for c in SAMPLING_REJECTIONS]
+)
+def test_sampling_and_capture_refusals_name_the_field(obj: dict[str, Any], field: str) -> None:
+    with pytest.raises(Rejected) as info:
+        P.parse_job(raw(obj))
+    assert info.value.reason == "malformed"
+    assert str(info.value).startswith(f"{field}: "), str(info.value)
+
+
+def test_a_sampling_job_over_the_size_limit_is_too_large() -> None:
+    big = {"strategies": [{"name": f"s{i}", "kind": "classes", "labels": ["x" * 100]} for i in range(150)]}
+    with pytest.raises(Rejected) as info:
+        P.parse_job(raw(sampling(sampling=big)))
+    assert info.value.reason == "too_large"
+    with pytest.raises(ConfigError, match=r"^sampling: \d+ bytes as canonical JSON; must be at most 16384"):
+        P.build_job(
+            job_id="j", action="sampling", devices=["a"], issued_at=1, expires_at=2, nonce="n" * 16,
+            sampling={"pad": "x" * P.MAX_SAMPLING_BYTES},
+        )  # fmt: skip
+
+
+def test_the_signature_covers_the_policy_and_the_frames() -> None:
+    public = PRIVATE.public_key()
+    for job, key, changed in (
+        (sampling(), "sampling", {**POLICY, "dedup_bits": 0}),
+        (capture(), "frames", 1000),
+    ):
+        msg = P.parse_job(raw(job))
+        public.verify(base64.b64decode(msg.signature), msg.signed_bytes())
+        assert key in json.loads(msg.signed_bytes())
+        forged = P.parse_job(raw({**job, key: changed}))  # well formed, but not what was signed
+        with pytest.raises(InvalidSignature):
+            public.verify(base64.b64decode(forged.signature), forged.signed_bytes())
+
+
+def test_build_job_takes_a_toml_table_as_the_policy() -> None:
+    table = tomllib.loads('dedup_window = "10m"\n[[strategies]]\nname = "a"\nkind = "random"\nshare = 0.5\n')
+    job = P.build_job(
+        job_id="j", action="sampling", group="g", issued_at=1, expires_at=2, nonce="n" * 16, sampling=table
+    )
+    assert P.parse_job(raw(sign(job))).sampling == {
+        "dedup_window": "10m", "strategies": [{"name": "a", "kind": "random", "share": 0.5}],
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- jobs: schema agreement
@@ -474,6 +590,8 @@ PARSER_ONLY: list[tuple[str, dict[str, Any]]] = [
     ("expires-at-not-after-issued-at", deploy(expires_at=1_700_000_000)),
     ("integral-float", deploy(issued_at=1_700_000_000.0)),
     ("integral-float-version", pin(version=3.0)),
+    ("integral-float-frames", capture(frames=5.0)),
+    ("sampling-too-deep", sampling(sampling=nested(P.MAX_SAMPLING_DEPTH + 1))),
     ("oversize", deploy(target={"devices": [f"{i:064d}" for i in range(300)]})),
 ]
 
@@ -488,8 +606,18 @@ AGREEMENT: list[tuple[str, dict[str, Any] | Any]] = [
     ("pin", pin()),
     ("pin-no-version", without(pin(), "version")),
     ("rollback", rollback()),
-    ("sampling", rollback(action="sampling")),
-    ("capture", rollback(action="capture")),
+    ("sampling", sampling()),
+    ("sampling-group", sampling(target={"group": "g"})),
+    ("sampling-empty", sampling(sampling={})),
+    ("capture", capture()),
+    ("capture-max", capture(frames=P.MAX_CAPTURE_FRAMES)),
+    ("sampling-bare", rollback(action="sampling")),
+    ("capture-bare", rollback(action="capture")),
+    *[
+        (name, obj)
+        for name, obj, _ in SAMPLING_REJECTIONS
+        if name not in ("sampling-too-deep", "frames-float")
+    ],
     ("max-devices", deploy(target={"devices": [f"d{i}" for i in range(1000)]})),
     ("max-ints", deploy(issued_at=P.MAX_INT - 1, expires_at=P.MAX_INT, release_counter=P.MAX_INT)),
     ("max-url", deploy(manifest_url="http://h/" + "a" * 2039)),
@@ -1204,6 +1332,8 @@ def test_schemas_are_draft_2020_12_and_closed(name: str) -> None:
         ``drift``) bounds its keys by a pattern and their number."""
         if "propertyNames" in o:
             return "pattern" in o["propertyNames"] and "maxProperties" in o and "properties" not in o
+        if name == "job" and o is schema["properties"]["sampling"]:
+            return True  # a [sampling] table: the device judges its keys (REJECTED invalid_policy)
         return o.get("additionalProperties") is False
 
     found = list(objects(schema))
@@ -1239,6 +1369,7 @@ def test_schemas_carry_the_modules_constants() -> None:
     assert job["$defs"]["uint"]["maximum"] == P.MAX_INT
     assert props["manifest_url"]["maxLength"] == P.MAX_URL_CHARS
     assert job["properties"]["target"]["oneOf"][0]["properties"]["devices"]["maxItems"] == P.MAX_DEVICES
+    assert (props["frames"]["minimum"], props["frames"]["maximum"]) == (1, P.MAX_CAPTURE_FRAMES)
     sp = status["properties"]
     assert sp["status"]["enum"] == list(P.STATUSES) == [s.value for s in JobStatus]
     assert sp["step"]["enum"] == [*P.STEP_NAMES, None]

@@ -25,7 +25,18 @@ from hypothesis import strategies as st
 
 from ota import protocol as P
 from ota.errors import REJECT_REASONS, Rejected
-from tests.test_protocol import _alert, _online, _status, _telemetry, deploy, pin, rollback, schema_ok
+from tests.test_protocol import (
+    _alert,
+    _online,
+    _status,
+    _telemetry,
+    capture,
+    deploy,
+    pin,
+    rollback,
+    sampling,
+    schema_ok,
+)
 
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -216,6 +227,12 @@ def alerts(draw: st.DrawFn) -> dict[str, Any]:
     return kwargs
 
 
+#: Sampling policies: any JSON object within the depth limit (the device judges the keys).
+policies = st.dictionaries(st.text(max_size=12), JSON, max_size=4).filter(
+    lambda v: P._depth(v) <= P.MAX_SAMPLING_DEPTH
+)
+
+
 @st.composite
 def jobs(draw: st.DrawFn) -> dict[str, Any]:
     """A valid signed job (the signature has the right form; nothing here checks it)."""
@@ -234,6 +251,8 @@ def jobs(draw: st.DrawFn) -> dict[str, Any]:
         manifest_sha256=draw(_hex(64)) if action == "deploy" else None,
         release_counter=draw(st.none() | uints) if action == "deploy" else None,
         version=draw(st.none() | uints) if action == "pin" else None,
+        sampling=draw(policies) if action == "sampling" else None,
+        frames=draw(st.integers(1, P.MAX_CAPTURE_FRAMES)) if action == "capture" else None,
     )
     job["key_id"] = draw(_hex(16))
     job["signature"] = base64.b64encode(draw(st.binary(min_size=64, max_size=64))).decode("ascii")
@@ -305,7 +324,7 @@ def parser_only_rule_applies(kind: str, obj: dict[str, Any], payload: bytes) -> 
     if len(payload) > LIMITS[kind]:
         return True
     ints = {
-        "job": ("issued_at", "expires_at", "release_counter", "version"),
+        "job": ("issued_at", "expires_at", "release_counter", "version", "frames"),
         "status": ("version", "seq"),
         "state": ("version",),
         "telemetry": ("frames", "dropped", "errors", "version"),
@@ -322,6 +341,8 @@ def parser_only_rule_applies(kind: str, obj: dict[str, Any], payload: bytes) -> 
         issued, expires = obj.get("issued_at"), obj.get("expires_at")
         numbers = all(not isinstance(v, bool) and isinstance(v, (int, float)) for v in (issued, expires))
         if numbers and expires <= issued:  # type: ignore[operator]
+            return True
+        if P._depth(obj.get("sampling")) > P.MAX_SAMPLING_DEPTH:
             return True
     return False
 
@@ -504,6 +525,8 @@ def test_every_field_with_every_edge_value() -> None:
         ("job", deploy(target={"group": "g"}), P.JOB_FIELDS),
         ("job", pin(), P.JOB_FIELDS),
         ("job", rollback(), P.JOB_FIELDS),
+        ("job", sampling(), P.JOB_FIELDS),
+        ("job", capture(), P.JOB_FIELDS),
         ("status", _status(), P.STATUS_FIELDS),
         ("status", _status(status="REJECTED", step=None, reason="replay: seen"), P.STATUS_FIELDS),
         ("status", _status(status="FAILED", step=None, detail="rolled_back"), P.STATUS_FIELDS),
@@ -556,8 +579,9 @@ def test_valid_job_round_trip(job: dict[str, Any], ascii_only: bool) -> None:
     assert (msg.job_id, msg.action, msg.nonce, msg.issued_at, msg.expires_at) == (
         job["job_id"], job["action"], job["nonce"], job["issued_at"], job["expires_at"],
     )  # fmt: skip
-    assert (msg.manifest_url, msg.release_counter, msg.version) == (
-        job.get("manifest_url"), job.get("release_counter"), job.get("version"),
+    assert (msg.manifest_url, msg.release_counter, msg.version, msg.sampling, msg.frames) == (
+        job.get("manifest_url"), job.get("release_counter"), job.get("version"), job.get("sampling"),
+        job.get("frames"),
     )  # fmt: skip
     assert P.parse_job(P.canonical_json(msg.to_json())) == msg
     assert schema_ok("job", job)
