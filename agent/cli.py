@@ -92,6 +92,14 @@ RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
             "help": "serve Prometheus /metrics on HOST:PORT, or PORT on loopback ([monitoring] metrics)",
         },
     ),
+    (
+        "--upload",
+        {
+            "metavar": "URL",
+            "help": "upload the frames sampling keeps: s3://bucket/prefix or "
+            "https://host/path/{sha256}.jpg ([upload] url; turns sampling on)",
+        },
+    ),
 )
 
 

@@ -35,6 +35,26 @@ Example::
     window = "60"                  # samples (1 a second by default), or a time: "5m"
     metrics = "127.0.0.1:9464"     # Prometheus /metrics; off when not set
 
+    [sampling]                     # frames worth labelling (docs/collection.md)
+    dedup_bits = 6
+    dedup_window = "10m"
+    [[sampling.strategies]]
+    name = "unsure"
+    kind = "uncertain"
+    low = 0.3
+    high = 0.6
+    per_minute = 10
+
+    [spool]
+    max_bytes = "500MB"
+    max_items = 20000
+
+    [upload]
+    url = "s3://bucket/prefix"     # or https://host/path/{device}/{sha256}.jpg
+    region = "eu-west-1"
+    credentials_file = "/etc/edge-agent/s3-credentials.json"
+    schedule = "always"            # or a daily window "01:00-05:00" (local time)
+
     [updates]
     window = "02:00-05:00"         # local time; deploy jobs wait QUEUED outside it
     require_signed = "auto"        # auto: when <state>/trust/ holds keys; true; false
@@ -55,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.errors import ConfigError
+from monitoring.sampling_policy import SamplingPolicy, parse_policy, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,6 +142,31 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    """``[spool]``: frames kept for upload under ``<state>/spool/`` (``monitoring.spool``)."""
+
+    max_bytes: int = 500_000_000  # "500MB" in a file
+    max_items: int = 20_000
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """``[upload]``: where spooled frames go (``monitoring.upload_target``, ``monitoring.uploader``)."""
+
+    url: str | None = None  # s3://bucket/prefix or http(s)://host/path/{sha256}.jpg; None: keep them
+    endpoint: str | None = None  # an S3-compatible store's http(s)://host[:port]; None: AWS
+    region: str = "us-east-1"
+    credentials_file: Path | None = None  # S3: AWS credential_process JSON
+    token_file: Path | None = None  # http(s): a bearer token
+    method: str = "PUT"  # http(s): PUT to the URL template, or POST multipart
+    schedule: str = "always"  # or a daily window "01:00-05:00" (local time)
+    concurrency: int = 2
+    retry_min_s: float = 1.0
+    retry_max_s: float = 120.0
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     model: str | None = None  # zoo name, bundle folder or bare model file
     source: str | None = None  # see agent.source.open_source
@@ -144,6 +190,16 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    sampling: SamplingPolicy = field(default_factory=SamplingPolicy)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+
+    @property
+    def collecting(self) -> bool:
+        """Sampling runs: ``[sampling] enabled``, else when strategies or an upload URL are given."""
+        if self.sampling.enabled is not None:
+            return self.sampling.enabled
+        return self.sampling.explicit_strategies or self.upload.url is not None
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -153,7 +209,10 @@ class Config:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in SECTIONS:
+            if f.name == "sampling":
+                if value != SamplingPolicy():
+                    out[f.name] = value.to_dict()
+            elif f.name in SECTIONS:
                 table = {
                     k: str(v) if isinstance(v, Path) else v
                     for k, v in dataclasses.asdict(value).items()
@@ -512,7 +571,89 @@ _monitoring = _table(
     },
     '[monitoring] window = "60s"',
 )
-SECTIONS = ("probation", "mqtt", "updates", "monitoring")
+
+
+def _size(value: Any, where: str) -> int:
+    return parse_size(value, where)
+
+
+def _schedule(value: Any, where: str) -> str:
+    text = _str(value, where)
+    return text if text == "always" else _window(text, where)
+
+
+def _upload_method(value: Any, where: str) -> str:
+    return str(_choice(("put", "post"))(value, where)).upper()
+
+
+def _upload_url(value: Any, where: str) -> str:
+    text = _str(value, where).strip()
+    if not text.startswith(("s3://", "http://", "https://")):
+        raise ConfigError(
+            f"{where}: {text!r}: give s3://bucket/prefix or an http(s):// URL such as "
+            "https://host/frames/{device}/{sha256}.jpg"
+        )
+    return text
+
+
+def _sampling(value: Any, where: str) -> SamplingPolicy:
+    return parse_policy(value, where)
+
+
+_spool = _table(SpoolConfig, {"max_bytes": _size, "max_items": _int(1)}, '[spool] max_bytes = "500MB"')
+_upload_table = _table(
+    UploadConfig,
+    {
+        "url": _upload_url,
+        "endpoint": _str,
+        "region": _str,
+        "credentials_file": _path,
+        "token_file": _path,
+        "method": _upload_method,
+        "schedule": _schedule,
+        "concurrency": _int(1),
+        "retry_min_s": _positive,
+        "retry_max_s": _positive,
+        "timeout_s": _positive,
+    },
+    '[upload] url = "s3://bucket/prefix"',
+)
+
+
+def _upload(value: Any, where: str) -> UploadConfig:
+    if isinstance(value, UploadConfig):
+        return value
+    return check_upload(_upload_table(value, where), where)
+
+
+def check_upload(cfg: UploadConfig, where: str) -> UploadConfig:
+    """``[upload]`` checked whole: the target is built once (no connection) so a bad URL,
+    endpoint, method or a missing credentials file setting fails here, as ``run`` would."""
+    if cfg.concurrency > 16:
+        raise ConfigError(f"{where}.concurrency: {cfg.concurrency} is over 16; a device needs 1-4")
+    if cfg.retry_min_s > cfg.retry_max_s:
+        raise ConfigError(
+            f"{where}: retry_min_s ({cfg.retry_min_s:g}) is over retry_max_s ({cfg.retry_max_s:g})"
+        )
+    if cfg.url is not None:
+        from monitoring.upload_target import make_target
+
+        try:
+            make_target(
+                cfg.url,
+                method=cfg.method,
+                endpoint=cfg.endpoint,
+                region=cfg.region,
+                credentials_file=cfg.credentials_file,
+                token_file=cfg.token_file,
+                timeout_s=cfg.timeout_s,
+            ).close()
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return cfg
+
+
+SECTIONS = ("probation", "mqtt", "updates", "monitoring", "sampling", "spool", "upload")
 
 # ``run`` flags that set a key of a table: flag dest -> (table, key)
 TABLE_FLAGS = {
@@ -521,8 +662,12 @@ TABLE_FLAGS = {
     "group": ("mqtt", "group"),
     "window": ("monitoring", "window"),
     "metrics": ("monitoring", "metrics"),
+    "upload": ("upload", "url"),
 }
 
+
+# table flags whose value is checked alone, then the merged table as a whole
+_TABLE_FIELD_CHECKS: dict[str, Check] = {"upload": _upload_url}
 
 CHECKS: dict[str, Check] = {
     "model": _str,
@@ -543,6 +688,9 @@ CHECKS: dict[str, Check] = {
     "mqtt": _mqtt,
     "updates": _updates,
     "monitoring": _monitoring,
+    "sampling": _sampling,
+    "spool": _spool,
+    "upload": _upload,
 }
 assert set(CHECKS) == {f.name for f in dataclasses.fields(Config)}, "CHECKS must cover every Config field"
 
@@ -577,6 +725,15 @@ def _resolve_relative(values: dict[str, Any], base: Path) -> dict[str, Any]:
         }
         if paths:
             values["mqtt"] = dataclasses.replace(m, **paths)
+    if "upload" in values:
+        u = values["upload"]
+        paths = {
+            k: base / getattr(u, k)
+            for k in ("credentials_file", "token_file")
+            if getattr(u, k) is not None and not getattr(u, k).is_absolute()
+        }
+        if paths:
+            values["upload"] = dataclasses.replace(u, **paths)
     if "results" in values and values["results"] != "-" and not Path(values["results"]).is_absolute():
         values["results"] = str(base / values["results"])
     for key in ("model", "source"):  # may be a zoo name or a source spec: only when that file exists
@@ -613,8 +770,14 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any], where: str = "
             table, field_name = TABLE_FLAGS[key]
             flag = "--" + key.replace("_", "-")
             current = changes.get(table, getattr(config, table))
-            checked = CHECKS[table]({field_name: value}, f"{where}: {flag}")
-            changes[table] = dataclasses.replace(current, **{field_name: getattr(checked, field_name)})
+            checker = _TABLE_FIELD_CHECKS.get(table)
+            if checker is not None:  # the value alone; the merged table is checked below
+                checked_value = checker(value, f"{where}: {flag}")
+            else:
+                checked_value = getattr(CHECKS[table]({field_name: value}, f"{where}: {flag}"), field_name)
+            changes[table] = dataclasses.replace(current, **{field_name: checked_value})
+            if table == "upload":
+                check_upload(changes[table], f"{where}: {flag}")
             continue
         if key not in CHECKS:
             raise ConfigError(f"{where}: unknown setting {key!r}; valid: {', '.join(VALID_KEYS)}")

@@ -434,3 +434,47 @@ class HttpTarget(_Base):
                 where,
             )
         raise UploadRefused(f"{label}: refused, HTTP {status} {detail}", status, excerpt)
+
+
+def make_target(
+    url: str,
+    *,
+    method: str = "PUT",
+    endpoint: str | None = None,
+    region: str = "us-east-1",
+    credentials_file: Path | None = None,
+    token_file: Path | None = None,
+    timeout_s: float = 60.0,
+    transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> S3Target | HttpTarget:
+    """The target ``[upload]`` describes (no connection is made); ConfigError names the key."""
+    if url.startswith("s3://"):
+        if credentials_file is None:
+            raise ConfigError(
+                "[upload] credentials_file must be set for an s3:// url: an AWS credential_process JSON "
+                "file (AccessKeyId, SecretAccessKey, SessionToken, Expiration) that the fleet may rotate"
+            )
+        return S3Target(
+            url,
+            credentials=CredentialsFile(credentials_file, clock=clock),
+            region=region,
+            endpoint=endpoint,
+            transport=transport,
+            io_timeout_s=timeout_s,
+            clock=clock,
+        )
+    if endpoint:
+        raise ConfigError("[upload] endpoint is for s3:// urls only; put the host in the http(s) url")
+    return HttpTarget(
+        url, method=method, token_file=token_file, transport=transport, io_timeout_s=timeout_s, clock=clock
+    )
+
+
+def describe(url: str) -> str:
+    """The target's URL without user info or query (safe for logs and status)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
