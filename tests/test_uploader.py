@@ -1,0 +1,429 @@
+"""monitoring.uploader: unit tests against scripted fake targets (or a real ``HttpTarget`` over
+an httpx mock transport) with an injected clock and local time; the waits are on the uploader's
+own condition, on events and barriers. Integration against real servers is at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from monitoring.spool import QUARANTINE, Spool
+from monitoring.upload_target import HttpTarget, UploadRefused, UploadUnavailable
+from monitoring.uploader import Uploader, describe_target
+from ota.update_window import UpdateWindow
+
+WAIT_S = 10.0
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SpoolClock:
+    """Strictly increasing ``spooled_at`` so the order of items is the order of puts."""
+
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+class LocalNow:
+    """The injected local time; records which upload workers have looked at it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.cond = threading.Condition()
+        self.seen: set[str] = set()
+
+    def __call__(self) -> datetime:
+        with self.cond:
+            self.seen.add(threading.current_thread().name)
+            self.cond.notify_all()
+            return self.now
+
+    def wait_seen(self, names: set[str]) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: names <= self.seen, WAIT_S)
+
+
+class FakeTarget:
+    """Scripted outcomes: ``script`` (in call order) then ``by_sha`` (per item); ``hook`` runs
+    inside ``put`` before the outcome."""
+
+    def __init__(
+        self,
+        script: Sequence[BaseException | None] | None = None,
+        by_sha: dict[str, BaseException] | None = None,
+        hook: Callable[[str], object] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.script = list(script or [])
+        self.by_sha = dict(by_sha or {})
+        self.hook = hook
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, float, float | None]] = []  # sha, ts, clock at the call
+        self.stored: list[str] = []
+
+    def put(self, sha256: str, jpeg: bytes, meta: Mapping[str, Any], device: str, ts: float) -> None:
+        assert device == "cam-1"
+        with self.lock:
+            self.calls.append((sha256, ts, self.clock() if self.clock else None))
+            outcome = self.script.pop(0) if self.script else self.by_sha.get(sha256)
+        if self.hook is not None:
+            self.hook(sha256)
+        if outcome is not None:
+            raise outcome
+        with self.lock:
+            self.stored.append(sha256)
+
+    def close(self) -> None:
+        pass
+
+
+def frame(i: int) -> bytes:
+    return b"\xff\xd8" + i.to_bytes(4, "big") + b"frame" * 20 + b"\xff\xd9"
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    s = Spool(tmp_path / "spool", max_bytes=1 << 24, max_items=1000, clock=SpoolClock())
+    yield s
+    s.close()
+
+
+def fill(spool: Spool, n: int, start: int = 0) -> list[str]:
+    shas = []
+    for i in range(start, start + n):
+        item = spool.put(frame(i), {"strategy": "unsure", "ts": 1_700_000_000.0 + i})
+        assert item is not None
+        shas.append(item.sha256)
+    return shas
+
+
+def settle(up: Uploader, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Wait on the uploader's own condition (notified after every attempt and pause) until
+    ``pred(status)`` holds; returns that status."""
+    got: dict[str, Any] = {}
+
+    def check() -> bool:
+        got.update(up.status())
+        return pred(got)
+
+    with up._cond:
+        assert up._cond.wait_for(check, WAIT_S), got
+    return got
+
+
+def done(n: int) -> Callable[[dict[str, Any]], bool]:
+    """``n`` attempts made and handled (nothing in flight)."""
+    return lambda st: st["attempts"] == n and st["in_flight"] == 0
+
+
+@pytest.fixture
+def stopper() -> Iterator[list[Uploader]]:
+    ups: list[Uploader] = []
+    yield ups
+    for up in ups:
+        up.stop(timeout=5)
+
+
+def make(spool: Spool, target: Any, stopper: list[Uploader], **kw: Any) -> Uploader:
+    kw.setdefault("clock", Clock())
+    up = Uploader(spool, target, device="cam-1", **kw)
+    stopper.append(up)
+    return up
+
+
+# --- unit --------------------------------------------------------------------------------------
+
+
+def test_uploads_oldest_first_and_counts(spool: Spool, stopper: list[Uploader]) -> None:
+    shas = fill(spool, 3)
+    sizes = sum(i.bytes for i in spool.pending(10))
+    target = FakeTarget()
+    up = make(spool, target, stopper, concurrency=1).start()
+    assert {t.name for t in threading.enumerate()} >= {"upload-1"}
+    assert up.drain(WAIT_S)
+    assert [c[0] for c in target.calls] == shas
+    assert [c[1] for c in target.calls] == [1_700_000_000.0 + i for i in range(3)]  # ts from the sidecar
+    st = up.status()
+    assert (st["state"], st["uploaded"], st["uploaded_bytes"], st["attempts"]) == ("idle", 3, sizes, 3)
+    assert (up.uploaded, up.uploaded_bytes, up.attempts) == (3, sizes, 3)
+    assert st["last_upload_at"] is not None and st["last_error"] is None and st["schedule"] == "always"
+    assert spool.status()["items"] == 0
+    up.stop()
+    assert up.status()["state"] == "stopped"
+
+
+def test_backoff_doubles_with_equal_jitter_and_honours_retry_after(
+    spool: Spool, stopper: list[Uploader], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "monitoring.uploader")
+    (sha,) = fill(spool, 1)
+    clock = Clock(0.0)
+    down = [UploadUnavailable("HTTP 503") for _ in range(3)]
+    target = FakeTarget([*down, UploadUnavailable("HTTP 429", retry_after=42.0)], clock=clock)
+    kw: dict[str, Any] = {"retry_min_s": 1.0, "retry_max_s": 3.0, "clock": clock, "rng": random.Random(7)}
+    up = make(spool, target, stopper, concurrency=1, **kw).start()
+    twin = random.Random(7)
+    expected = []
+    for n, delay in enumerate((1.0, 2.0, 3.0), start=1):  # 1, 2, then capped at retry_max_s
+        st = settle(up, done(n))
+        want = delay / 2 + twin.uniform(0.0, delay / 2)
+        assert st["state"] == "backing_off" and st["next_attempt_in_s"] == pytest.approx(want)
+        assert delay / 2 <= want <= delay
+        expected.append(want)
+        clock.now += want
+        up.wake()
+    st = settle(up, done(4))
+    assert st["next_attempt_in_s"] == 42.0 and "HTTP 429" in st["last_error"]
+    clock.now += 41.0
+    up.wake()
+    clock.now += 1.0
+    up.wake()
+    assert up.drain(WAIT_S)
+    starts = [0.0, expected[0], sum(expected[:2]), sum(expected)]
+    assert [c[2] for c in target.calls] == pytest.approx([*starts, sum(expected) + 42.0])
+    assert target.stored == [sha]
+    assert up.failures["unavailable"] == 4 and up.status()["state"] == "idle"
+    text = caplog.text
+    assert text.count("uploads paused") == 1  # rate-limited: the first failure, then once a minute
+    assert "uploads resumed after 4 failed attempt(s)" in text
+
+
+def test_failures_together_double_the_backoff_once(spool: Spool, stopper: list[Uploader]) -> None:
+    fill(spool, 3)
+    barrier = threading.Barrier(2, timeout=WAIT_S)
+    clock = Clock(0.0)
+    target = FakeTarget(
+        [UploadUnavailable("down"), UploadUnavailable("down")], hook=lambda _: barrier.wait(), clock=clock
+    )
+    kw: dict[str, Any] = {"retry_min_s": 1.0, "retry_max_s": 8.0, "clock": clock, "rng": random.Random(3)}
+    up = make(spool, target, stopper, concurrency=2, **kw).start()
+    twin = random.Random(3)
+    st = settle(up, done(2))
+    first = 0.5 + twin.uniform(0, 0.5)
+    second = 0.5 + twin.uniform(0, 0.5)  # the second failure of the same round: same exponent
+    assert st["next_attempt_in_s"] == pytest.approx(max(first, second))
+    target.hook = None
+    clock.now += 1.0
+    up.wake()
+    assert up.drain(WAIT_S) and up.uploaded == 3
+
+
+def test_a_refused_item_is_parked_and_the_others_go_on(spool: Spool, stopper: list[Uploader]) -> None:
+    a, b, c = fill(spool, 3)
+    refusal = UploadRefused("PUT x: refused, HTTP 400 bad frame", 400, "bad frame")
+    target = FakeTarget(by_sha={b: refusal})
+    up = make(spool, target, stopper).start()
+    assert up.drain(WAIT_S)
+    assert sorted(target.stored) == sorted([a, c])
+    item = spool.get(b)
+    assert item is not None and item.parked and item.reason == "HTTP 400 bad frame"
+    st = up.status()
+    assert (st["state"], st["parked"], st["failures"]["refused"], st["uploaded"]) == ("idle", 1, 1, 2)
+    assert "HTTP 400 bad frame" in st["last_error"]
+
+
+def test_a_whole_target_refusal_pauses_every_worker(spool: Spool, stopper: list[Uploader]) -> None:
+    shas = fill(spool, 3)
+    barrier = threading.Barrier(2, timeout=WAIT_S)
+    nobucket = [
+        UploadRefused("the bucket 'x' does not exist", 404, "", code="NoSuchBucket", whole_target=True)
+        for _ in range(2)
+    ]
+    clock = Clock()
+    target = FakeTarget(nobucket, hook=lambda _: barrier.wait(), clock=clock)
+    up = make(spool, target, stopper, concurrency=2, retry_max_s=30.0, clock=clock).start()
+    st = settle(up, done(2))
+    assert st["state"] == "target_refused" and st["next_attempt_in_s"] == 30.0
+    assert "does not exist" in st["last_error"] and st["parked"] == 0
+    assert [i.sha256 for i in spool.pending(10)] == shas  # untouched
+    target.hook = None
+    clock.now += 30.0
+    up.wake()
+    assert up.drain(WAIT_S) and sorted(target.stored) == sorted(shas)
+    assert [c[2] for c in target.calls[2:]] == [clock.now] * 3  # none before the pause ended
+
+
+def _token_target(tmp_path: Path, seen: list[str]) -> HttpTarget:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization", ""))
+        if request.headers.get("authorization") != "Bearer good-token":
+            return httpx.Response(401, text="bad token")
+        return httpx.Response(201)
+
+    return HttpTarget(
+        "http://uploads.example/f/{sha256}.jpg",
+        token_file=tmp_path / "upload-token",
+        transport=httpx.MockTransport(answer),
+    )
+
+
+def test_credentials_wait_for_the_file_to_change(
+    tmp_path: Path, spool: Spool, stopper: list[Uploader]
+) -> None:
+    fill(spool, 2)
+    seen: list[str] = []
+    target = _token_target(tmp_path, seen)
+    token = tmp_path / "upload-token"
+    clock = Clock()
+    up = make(spool, target, stopper, concurrency=1, check_s=5.0, retry_max_s=60.0, clock=clock).start()
+    # no token file yet: reading it fails (TransientError), nothing is sent
+    st = settle(up, done(1))
+    assert st["state"] == "credentials_rejected" and "upload-token cannot be read" in st["last_error"]
+    assert seen == []
+    token.write_text("bad\n")  # the file appears: looked for within check_s
+    clock.now += 5.0
+    up.wake()
+    st = settle(up, done(2))
+    assert st["state"] == "credentials_rejected" and st["failures"]["credentials"] == 2
+    assert "HTTP 401 bad token" in st["last_error"] and "upload-token" in st["last_error"]
+    # unchanged file: looked at every check_s but not retried until retry_max_s
+    for _ in range(3):
+        clock.now += 5.0
+        up.wake()
+    assert up.status()["attempts"] == 2
+    clock.now += 45.0
+    up.wake()
+    st = settle(up, done(3))
+    assert st["state"] == "credentials_rejected" and seen == ["Bearer bad", "Bearer bad"]
+    token.write_text("good-token\n")  # rotated
+    clock.now += 5.0
+    up.wake()
+    assert up.drain(WAIT_S) and up.uploaded == 2
+    assert up.status()["state"] == "idle"
+    target.close()
+
+
+def test_outside_the_schedule_workers_wait_and_flush_overrides(spool: Spool, stopper: list[Uploader]) -> None:
+    fill(spool, 2)
+    local = LocalNow(datetime(2026, 11, 23, 12, 0))
+    window = UpdateWindow.parse("01:00-05:00")
+    target = FakeTarget()
+    up = make(spool, target, stopper, concurrency=2, schedule=window, local_now=local).start()
+    local.wait_seen({"upload-1", "upload-2"})  # both workers have looked at the schedule
+    st = up.status()
+    assert st["state"] == "outside_schedule" and st["schedule"] == "01:00-05:00"
+    assert st["next_attempt_in_s"] == 13 * 3600.0
+    up.wake()  # a new item does not open the window
+    local.seen.clear()
+    local.wait_seen({"upload-1", "upload-2"})
+    assert target.calls == []
+    up.flush()
+    assert up.drain(WAIT_S) and up.uploaded == 2
+    # the flush is over once the spool was empty: the schedule holds again
+    (late,) = fill(spool, 1, start=10)
+    local.seen.clear()
+    up.wake()
+    local.wait_seen({"upload-1", "upload-2"})
+    assert up.status()["state"] == "outside_schedule" and len(target.calls) == 2
+    local.now = datetime(2026, 11, 24, 1, 30)
+    up.wake()
+    assert up.drain(WAIT_S) and target.stored[-1] == late
+
+
+def test_corrupt_items_are_quarantined(tmp_path: Path, spool: Spool, stopper: list[Uploader]) -> None:
+    a, b, c = fill(spool, 3)
+    (tmp_path / "upload-token").write_text("good-token\n")
+    seen: list[str] = []
+    target = _token_target(tmp_path, seen)
+    root = spool.root
+    (root / f"{a}.jpg").write_bytes(b"other bytes")  # digest mismatch: the target refuses to send
+    (root / f"{b}.json").unlink()  # a sidecar lost
+    up = make(spool, target, stopper, concurrency=1).start()
+    assert up.drain(WAIT_S)
+    st = up.status()
+    assert (st["uploaded"], st["quarantined"], st["failures"]["corrupt"]) == (1, 2, 2)
+    assert spool.status()["quarantined"] == 2 and spool.status()["items"] == 0
+    assert {p.name for p in (root / QUARANTINE).iterdir()} == {f"{a}.jpg", f"{a}.json", f"{b}.jpg"}
+    assert len(seen) == 2 and spool.get(c) is None  # only c was sent (its JPEG and its sidecar)
+    target.close()
+
+
+def test_a_bug_is_counted_and_the_worker_survives(
+    spool: Spool, stopper: list[Uploader], caplog: pytest.LogCaptureFixture
+) -> None:
+    (sha,) = fill(spool, 1)
+    clock = Clock()
+    target = FakeTarget([RuntimeError("boom")], clock=clock)
+    up = make(spool, target, stopper, concurrency=1, retry_min_s=2.0, clock=clock).start()
+    st = settle(up, done(1))
+    assert st["failures"]["error"] == 1 and "internal error" in st["last_error"]
+    assert "boom" in caplog.text and "Traceback" in caplog.text
+    clock.now += 2.0
+    up.wake()
+    assert up.drain(WAIT_S) and target.stored == [sha]
+    assert [c[2] for c in target.calls] == [1000.0, 1002.0]
+
+
+def test_stop_leaves_an_upload_in_flight_pending_and_a_restart_uploads_it(
+    spool: Spool, stopper: list[Uploader]
+) -> None:
+    (sha,) = fill(spool, 1)
+    entered, release = threading.Event(), threading.Event()
+
+    def block(_: str) -> None:
+        entered.set()
+        assert release.wait(WAIT_S)
+
+    target = FakeTarget(hook=block)
+    up = make(spool, target, stopper, concurrency=1).start()
+    worker = next(t for t in threading.enumerate() if t.name == "upload-1")
+    assert entered.wait(WAIT_S)
+    up.stop(timeout=0.1)  # the put is still blocked
+    assert up.status()["state"] == "stopped" and worker.is_alive()
+    release.set()
+    worker.join(WAIT_S)
+    assert not worker.is_alive()
+    assert [i.sha256 for i in spool.pending(10)] == [sha] and up.uploaded == 0
+    # restart: whatever the spool holds is uploaded again (the key is the content's)
+    again = make(spool, FakeTarget(), stopper).start()
+    assert again.drain(WAIT_S) and again.uploaded == 1 and spool.status()["items"] == 0
+
+
+def test_at_most_concurrency_uploads_at_once(spool: Spool, stopper: list[Uploader]) -> None:
+    shas = fill(spool, 9)
+    barrier = threading.Barrier(3, timeout=WAIT_S)
+    lock = threading.Lock()
+    active = [0, 0]  # now, most
+
+    def hook(_: str) -> None:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        barrier.wait()  # three at once: the limit is reached
+        with lock:
+            active[0] -= 1
+
+    target = FakeTarget(hook=hook)
+    up = make(spool, target, stopper, concurrency=3).start()
+    assert up.drain(WAIT_S)
+    assert active[1] == 3 and sorted(target.stored) == sorted(shas)
+    assert len(target.calls) == 9  # no item was taken by two workers
+
+
+def test_the_target_is_described_without_secrets(tmp_path: Path, spool: Spool) -> None:
+    http = HttpTarget("https://user:pw@up.example:8443/f/{sha256}.jpg?sig=SECRET", method="PUT")
+    assert describe_target(http) == "PUT https://up.example:8443/f/{sha256}.jpg"
+    up = Uploader(spool, http, device="cam-1")
+    assert up.status()["target"] == "PUT https://up.example:8443/f/{sha256}.jpg"
+    http.close()
+    assert json.dumps(up.status())  # JSON-able as it is
