@@ -1,8 +1,9 @@
 """``edge-agent fleet``: sign jobs, deploy with a staged rollout, watch and roll back devices over MQTT.
 
-    edge-agent fleet job (--device ID ... | --group G) --key KEY [--action deploy|rollback|pin]
+    edge-agent fleet job (--device ID ... | --group G) --key KEY
+                         [--action deploy|rollback|pin|sampling|capture]
                          [--manifest-url URL (--manifest-sha256 HEX | --manifest FILE)] [--version N]
-                         [--expires 24h] [--job-id ID]
+                         [--policy FILE] [--frames N] [--expires 24h] [--job-id ID]
     edge-agent fleet deploy --broker URL (--device ID ... | --group G) --manifest-url URL
                          [--manifest-sha256 HEX | --manifest FILE] --key KEY
                          [--waves 1,10%,50%,100%] [--rate N/min] [--success-pct P]
@@ -10,13 +11,20 @@
                          [--wave-timeout S] [--timeout S] [--job-id ID] [--journal FILE]
     edge-agent fleet status --broker URL [--group G] [--watch] [--json] [--window S]
     edge-agent fleet rollback --broker URL (--device ID ... | --group G) --key KEY
+    edge-agent fleet sampling --broker URL (--device ID ... | --group G) --policy FILE --key KEY [--wait S]
+    edge-agent fleet capture --broker URL (--device ID ... | --group G) --frames N --key KEY [--wait S]
 
 ``fleet job`` needs no broker: it prints the signed job on one line, for
 ``mosquitto_pub -t edge/v1/ID/jobs/notify -s < job.json``. Without ``--manifest-sha256`` or
 ``--manifest``, ``deploy`` downloads the manifest to hash it (and to read its release counter).
 ``deploy`` exits 0 when every targeted device SUCCEEDED, 1 otherwise (failures, abort, timeout);
 it journals the rollout (default ``<state>/fleet/<job id>.jsonl``): run it again with the same
-``--job-id`` to pick up where it stopped. Broker flags: ``--ca --cert --client-key --username
+``--job-id`` to pick up where it stopped. ``sampling`` sends a new sampling policy (``--policy``:
+a TOML file with a ``[sampling]`` table, or the table as JSON), checked by the devices' own parser
+before anything is signed or sent (exit 2 naming the key); ``capture`` asks for the next N
+frames. Without ``--wait`` they exit 0 once the broker took the job; with it they wait up to S
+seconds for the statuses (of a group: of the members whose retained state names it) and exit 0
+when every one SUCCEEDED, 1 otherwise. Broker flags: ``--ca --cert --client-key --username
 --password-file --prefix``. ``register(subparsers)`` adds the ``fleet`` group.
 """
 
@@ -148,6 +156,38 @@ def _check_ids(args: argparse.Namespace) -> None:
         check_id(args.job_id, "--job-id", device=False)
 
 
+def read_policy(path: Path) -> dict[str, Any]:
+    """The ``[sampling]`` table of a TOML file (a whole agent config will do), or a JSON file
+    holding the table itself; checked by ``parse_policy`` (ConfigError naming file and key)."""
+    import tomllib
+
+    from monitoring.sampling_policy import parse_policy
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"--policy {path}: cannot read it ({why})") from exc
+    if text.lstrip().startswith("{"):
+        try:
+            table = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--policy {path}: not JSON ({exc})") from exc
+        where = f"{path}"
+    else:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--policy {path}: not TOML ({exc})") from exc
+        if "sampling" not in doc:
+            raise ConfigError(f"--policy {path}: no [sampling] table; give one, or the table as JSON")
+        table, where = doc["sampling"], f"{path} [sampling]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"--policy {path}: the sampling policy must be a table, got {table!r}")
+    parse_policy(table, where)
+    return table
+
+
 def _key(args: argparse.Namespace) -> Any:
     from ota.trust import load_private_key
 
@@ -197,6 +237,11 @@ def cmd_job(args: argparse.Namespace) -> int:
         sha, rc = _manifest_args(args, download=False)
     elif args.manifest_url or args.manifest or args.manifest_sha256:
         raise ConfigError(f"a {args.action} job takes no manifest")
+    if (args.action == "sampling") != (args.policy is not None):
+        raise ConfigError("--policy FILE goes with --action sampling (and it needs one)")
+    if (args.action == "capture") != (args.frames is not None):
+        raise ConfigError("--frames N goes with --action capture (and it needs one)")
+    policy = read_policy(Path(args.policy)) if args.policy is not None else None
     job = make_job(
         _key(args),
         action=args.action,
@@ -207,6 +252,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         manifest_sha256=sha,
         release_counter=rc,
         version=args.version,
+        sampling=policy,
+        frames=args.frames,
         expires_in_s=parse_duration(args.expires),
         now=time.time(),
     )
@@ -450,6 +497,67 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- fleet sampling / capture
+
+
+def _send_and_wait(args: argparse.Namespace, action: str, send: Callable[[FleetClient], str]) -> int:
+    """Connect, ``send`` the job, then (``--wait``) wait for the statuses: exit 0 or 1."""
+    key = _key(args)
+    where = f"group {args.group}" if args.group else " ".join(sorted(set(args.device)))
+    with _client(args, f"fleet-{action}-{secrets.token_hex(6)}", session=False, key=key) as fleet:
+        if args.wait is not None:
+            fleet.watch()  # before the job goes out: statuses are not retained
+        fleet.connect(args.connect_timeout)
+        devices = sorted(set(args.device or ())) if not args.group else fleet.members(args.group)
+        job_id = send(fleet)
+        print(f"{action} job {job_id} sent to {where}", flush=True)
+        if args.wait is None:
+            return 0
+        statuses = fleet.wait_jobs(job_id, devices, args.wait)
+    shown = sorted(set(devices) | set(statuses))
+    _print_summary(shown, statuses, sys.stdout)
+    if shown and all(d in statuses and statuses[d].status.value == "SUCCEEDED" for d in shown):
+        print(f"{action} job {job_id}: every device SUCCEEDED")
+        return 0
+    waiting = [d for d in shown if d not in statuses or not statuses[d].terminal]
+    if not shown:
+        print(f"{action} job {job_id}: no device answered within {args.wait:g} s")
+    elif waiting:
+        print(f"{action} job {job_id}: no final status within {args.wait:g} s from {' '.join(waiting)}")
+    else:
+        print(f"{action} job {job_id}: not every device SUCCEEDED")
+    return 1
+
+
+def cmd_sampling(args: argparse.Namespace) -> int:
+    _check_ids(args)
+    policy = read_policy(Path(args.policy))  # refused here, before a key is read or a broker reached
+    expires = parse_duration(args.expires)
+    return _send_and_wait(
+        args,
+        "sampling",
+        lambda fleet: fleet.sampling(
+            args.device, args.group, policy=policy, job_id=args.job_id, expires_in_s=expires
+        ),
+    )
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from ota.protocol import MAX_CAPTURE_FRAMES
+
+    _check_ids(args)
+    if not 1 <= args.frames <= MAX_CAPTURE_FRAMES:
+        raise ConfigError(f"--frames {args.frames}: give 1 to {MAX_CAPTURE_FRAMES}")
+    expires = parse_duration(args.expires)
+    return _send_and_wait(
+        args,
+        "capture",
+        lambda fleet: fleet.capture(
+            args.device, args.group, frames=args.frames, job_id=args.job_id, expires_in_s=expires
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -490,7 +598,8 @@ def _manifest(p: argparse.ArgumentParser, *, required_url: bool) -> None:
 
 
 def register(subparsers: SubParsers) -> None:
-    """The top-level ``fleet`` group: ``job``, ``deploy``, ``status``, ``rollback``."""
+    """The top-level ``fleet`` group: ``job``, ``deploy``, ``status``, ``rollback``, ``sampling``,
+    ``capture``."""
     fleet = subparsers.add_parser("fleet", help="sign jobs, roll out updates and watch devices over MQTT")
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
 
@@ -501,9 +610,11 @@ def register(subparsers: SubParsers) -> None:
         "notify topic, QoS 1.",
     )
     _target(p)
-    p.add_argument("--action", choices=("deploy", "rollback", "pin"), default="deploy")
+    p.add_argument("--action", choices=("deploy", "rollback", "pin", "sampling", "capture"), default="deploy")
     _manifest(p, required_url=False)
     p.add_argument("--version", type=int, metavar="N", help="pin: the version (default: the one serving)")
+    p.add_argument("--policy", metavar="FILE", help="sampling: TOML with a [sampling] table, or its JSON")
+    p.add_argument("--frames", type=int, metavar="N", help="capture: how many of the next frames to keep")
     p.add_argument("--key", required=True, metavar="KEY", help="fleet private key (.key, mode 0600)")
     _common(p)
     p.set_defaults(func=cmd_job)
@@ -551,16 +662,47 @@ def register(subparsers: SubParsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_rollback)
 
+    for name, func, what in (
+        ("sampling", cmd_sampling, "set the sampling policy of devices (or a group): which frames they keep"),
+        ("capture", cmd_capture, "ask devices (or a group) to keep their next N frames"),
+    ):
+        p = fsub.add_parser(
+            name,
+            help=what,
+            description=f"{what[0].upper()}{what[1:]}. With --wait S, wait for the statuses and exit 0 "
+            "when every device SUCCEEDED, 1 otherwise.",
+        )
+        _target(p)
+        if name == "sampling":
+            p.add_argument(
+                "--policy",
+                required=True,
+                metavar="FILE",
+                help="TOML with a [sampling] table, or the table as JSON",
+            )
+        else:
+            p.add_argument("--frames", required=True, type=int, metavar="N", help="frames to keep, 1-1000")
+        p.add_argument("--key", required=True, metavar="KEY", help="fleet private key (.key, mode 0600)")
+        p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for the statuses")
+        p.add_argument("--expires", default="24h", metavar="DUR", help="job lifetime (default 24h)")
+        p.add_argument("--job-id", metavar="ID", help="job id (default: generated)")
+        _broker(p)
+        _common(p)
+        p.set_defaults(func=func)
+
 
 __all__ = [
+    "cmd_capture",
     "cmd_deploy",
     "cmd_job",
     "cmd_rollback",
+    "cmd_sampling",
     "cmd_status",
     "fetch_manifest",
     "manifest_facts",
     "parse_duration",
     "parse_rate",
+    "read_policy",
     "register",
     "status_rows",
 ]

@@ -35,7 +35,7 @@ from inference.errors import ConfigError, EdgeAgentError
 from inference.result import Result
 from monitoring.drift import Alert
 from monitoring.drift_monitor import DriftMonitor, WindowReport
-from ota.mqtt_jobs import MqttJobs, StatusPublisher
+from ota.mqtt_jobs import MqttJobs, SamplingControl, StatusPublisher
 from ota.mqtt_link import MqttLink, MqttSettings
 from ota.outbox import Outbox, OutboxPump
 from ota.protocol import (
@@ -245,6 +245,11 @@ class FleetChannel:
             version=s.version,
         )
         self._send_telemetry(payload)
+
+    def attach_sampling(self, control: SamplingControl | None) -> None:
+        """The collector behind the fleet's ``sampling`` and ``capture`` jobs (None: sampling off,
+        those jobs are REJECTED ``unsupported_action``)."""
+        self.jobs.sampling = control
 
     def attach_monitor(self, monitor: DriftMonitor) -> None:
         """Telemetry per drift window and the drift and decay alerts, through the outbox."""

@@ -4,6 +4,8 @@ devices, drive a staged rollout.
     fleet = FleetClient(MqttSettings(url, client_id="fleet-ops"), key=load_private_key(path))
     fleet.watch(); fleet.connect()              # retained states + job statuses -> fleet.views()
     job_id = fleet.deploy(devices=[...], manifest_url=..., manifest_sha256=...)
+    job_id = fleet.sampling(group="lobby", policy={"dedup_bits": 6, "strategies": [...]})
+    job_id = fleet.capture(devices=["cam-1"], frames=20)
     result = fleet.run_rollout(plan, DeployJob(job_id, url, sha256), on_update=print, journal=path)
 
 Jobs go to a device's notify topic, one signed job per device (``target: {"devices": [d]}``: a
@@ -47,6 +49,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from monitoring.sampling_policy import parse_policy
 from ota.errors import ConfigError, EdgeAgentError, Rejected, TransientError
 from ota.mqtt_link import MqttLink, MqttSettings
 from ota.protocol import DEFAULT_PREFIX, Topics, build_job, new_nonce, parse_job, parse_state, parse_status
@@ -57,7 +60,7 @@ from ota.update_events import JobStatus
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES_S = 86400
-JOB_ACTIONS = ("deploy", "rollback", "pin")
+JOB_ACTIONS = ("deploy", "rollback", "pin", "sampling", "capture")
 MAX_ID = 64
 
 
@@ -85,11 +88,17 @@ def make_job(
     manifest_sha256: str | None = None,
     release_counter: int | None = None,
     version: int | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    frames: int | None = None,
     expires_in_s: float = DEFAULT_EXPIRES_S,
     now: float,
     nonce: str | None = None,
 ) -> dict[str, Any]:
-    """A signed job (a dict ready for ``canonical_json``); ConfigError when a device would refuse it."""
+    """A signed job (a dict ready for ``canonical_json``); ConfigError when a device would refuse it.
+
+    ``sampling`` (a ``[sampling]`` table) is checked by the devices' own parser
+    (``monitoring.sampling_policy.parse_policy``) before anything is signed: its ConfigError
+    names the key (``sampling.strategies #1 ...``)."""
     if action not in JOB_ACTIONS:
         raise ConfigError(f"action {action!r}: one of {', '.join(JOB_ACTIONS)}")
     if (devices is None) == (group is None):
@@ -102,6 +111,12 @@ def make_job(
         raise ConfigError(f"a {action} job takes no manifest")
     if action != "pin" and version is not None:
         raise ConfigError("only a pin job names a version")
+    if (action == "sampling") != (sampling is not None):
+        raise ConfigError("a sampling job, and only a sampling job, carries a policy")
+    if (action == "capture") != (frames is not None):
+        raise ConfigError("a capture job, and only a capture job, gives a number of frames")
+    if sampling is not None:
+        parse_policy(sampling, "sampling")
     if not expires_in_s > 0:
         raise ConfigError(f"expires in {expires_in_s} s: give a positive duration")
     issued = int(now)
@@ -118,6 +133,8 @@ def make_job(
             manifest_sha256=manifest_sha256,
             release_counter=release_counter,
             version=version,
+            sampling=sampling,
+            frames=frames,
         )
         signed = sign_object(body, key)
         parse_job(canonical_json(signed))  # what a device will check first: fail here, not there
@@ -620,6 +637,46 @@ class FleetClient:
     ) -> str:
         """Pin devices (or a group) to ``version`` (default: the one serving); the job id."""
         return self._send("pin", job_id, devices, group, version=version, expires_in_s=expires_in_s)
+
+    def sampling(
+        self,
+        devices: Iterable[str] | None = None,
+        group: str | None = None,
+        *,
+        policy: Mapping[str, Any],
+        job_id: str | None = None,
+        expires_in_s: float = DEFAULT_EXPIRES_S,
+    ) -> str:
+        """Set the sampling policy of devices (or a group) to ``policy``, a ``[sampling]`` table;
+        the job id. ConfigError naming the key, before anything is signed, when the devices'
+        parser would refuse it."""
+        parse_policy(policy, "sampling")
+        return self._send("sampling", job_id, devices, group, sampling=policy, expires_in_s=expires_in_s)
+
+    def capture(
+        self,
+        devices: Iterable[str] | None = None,
+        group: str | None = None,
+        *,
+        frames: int,
+        job_id: str | None = None,
+        expires_in_s: float = DEFAULT_EXPIRES_S,
+    ) -> str:
+        """Ask devices (or a group) to keep their next ``frames`` frames (1-1000); the job id."""
+        return self._send("capture", job_id, devices, group, frames=frames, expires_in_s=expires_in_s)
+
+    def wait_jobs(self, job_id: str, devices: Sequence[str], timeout: float) -> dict[str, DeviceJobStatus]:
+        """Wait up to ``timeout`` s until each of ``devices`` reported a terminal status on
+        ``job_id`` (with none named, the whole ``timeout``); every status heard by then. Call
+        ``watch()`` before the job is sent: statuses are not retained."""
+        expected = set(devices)
+
+        def done() -> bool:
+            got = self._jobs.get(job_id, {})
+            return bool(expected) and all(d in got and got[d].terminal for d in expected)
+
+        self.wait_for(done, timeout)
+        return self.job_statuses(job_id)
 
     # -- rollout ---------------------------------------------------------------------------
 
