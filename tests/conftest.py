@@ -10,4 +10,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.bundle_server",
     "tests.fixtures.mosquitto",
     "tests.fixtures.fleet",
+    "tests.fixtures.upload",
 ]

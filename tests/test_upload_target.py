@@ -9,14 +9,8 @@ import json
 import os
 import re
 import socket
-import struct
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -33,7 +27,7 @@ from monitoring.upload_target import (
     UploadUnavailable,
     parse_retry_after,
 )
-from tests.fixtures.need import unavailable
+from tests.fixtures.upload import HttpServer, Moto, write_creds
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
 SHA = hashlib.sha256(JPEG).hexdigest()
@@ -119,11 +113,6 @@ def test_sigv4_canonical_query_and_session_token() -> None:
 # --- the credentials file ---------------------------------------------------------------------
 
 
-def write_creds(path: Path, key: str = "AK", secret: str = "SK", **extra: Any) -> None:
-    doc: dict[str, Any] = {"Version": 1, "AccessKeyId": key, "SecretAccessKey": secret, **extra}
-    path.write_text(json.dumps(doc))
-
-
 class Clock:
     def __init__(self, now: float) -> None:
         self.now = now
@@ -197,86 +186,7 @@ def test_credentials_file_bad_input(
     assert creds.get().access_key_id == "AK"
 
 
-# --- S3 against a real moto server ----------------------------------------------------------
-
-
-@dataclass
-class Moto:
-    endpoint: str
-    client: httpx.Client
-    creds_path: Path
-    access_key: str = ""
-    secret: str = ""
-    targets: list[S3Target] = field(default_factory=list)
-
-    def target(self, url: str = "s3://frames/fleet-a", **kw: Any) -> S3Target:
-        creds = CredentialsFile(self.creds_path)
-        t = S3Target(url, credentials=creds, endpoint=self.endpoint, region="eu-west-1", **kw)
-        self.targets.append(t)
-        return t
-
-
-def _iam(client: httpx.Client, action: str, **params: str) -> str:
-    # unsigned: moto lets the first N requests through before it checks signatures
-    auth = (
-        "AWS4-HMAC-SHA256 Credential=setup/20240101/us-east-1/iam/aws4_request, "
-        "SignedHeaders=host, Signature=0"
-    )
-    data = {"Action": action, "Version": "2010-05-08", **params}
-    resp = client.post("/", data=data, headers={"Authorization": auth})
-    assert resp.status_code == 200, resp.text
-    return resp.text
-
-
-@pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[Moto]:
-    """A moto S3 server on loopback with signature checks on, an IAM user allowed s3:*, its key in
-    a credential_process file, and the bucket ``frames``."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        unavailable(f"moto[server] is not installed ({exc}): pip install 'moto[server]'")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    try:
-        server.start()
-        host, port = server.get_host_and_port()
-    except Exception as exc:
-        unavailable(f"the moto S3 server cannot start on loopback: {exc}")
-    endpoint = f"http://{host}:{port}"
-    moto = Moto(endpoint, httpx.Client(base_url=endpoint, timeout=30), tmp_path / "s3-credentials.json")
-    try:
-        # signatures are checked from the 6th request on: five IAM calls make a user with a key and a
-        # role it may assume (for temporary credentials)
-        assert moto.client.post("/moto-api/reset-auth", content=b"5").status_code == 200
-        _iam(moto.client, "CreateUser", UserName="edge")
-        allow = {"Effect": "Allow", "Action": ["s3:*", "sts:AssumeRole"], "Resource": "*"}
-        policy = json.dumps({"Version": "2012-10-17", "Statement": [allow]})
-        _iam(moto.client, "PutUserPolicy", UserName="edge", PolicyName="s3", PolicyDocument=policy)
-        trust = {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}
-        trust_doc = json.dumps({"Version": "2012-10-17", "Statement": [trust]})
-        _iam(moto.client, "CreateRole", RoleName="uploader", AssumeRolePolicyDocument=trust_doc)
-        _iam(moto.client, "PutRolePolicy", RoleName="uploader", PolicyName="s3", PolicyDocument=policy)
-        text = _iam(moto.client, "CreateAccessKey", UserName="edge")
-        key = re.search(r"<AccessKeyId>(.+?)</AccessKeyId>", text)
-        secret = re.search(r"<SecretAccessKey>(.+?)</SecretAccessKey>", text)
-        assert key and secret
-        moto.access_key, moto.secret = key.group(1), secret.group(1)
-        write_creds(moto.creds_path, moto.access_key, moto.secret)
-        config = (
-            '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-            "<LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>"
-        )
-        create = moto.target().request("PUT", "", config.encode(), "application/xml")  # CreateBucket, signed
-        resp = moto.client.send(create)
-        assert resp.status_code == 200, resp.text
-        yield moto
-    finally:
-        for t in moto.targets:
-            t.close()
-        moto.client.post("/moto-api/reset-auth", content=b"inf")
-        moto.client.post("/moto-api/reset")
-        moto.client.close()
-        server.stop()
+# --- S3 against a real moto server (tests/fixtures/upload.py) --------------------------------
 
 
 def test_s3_put_writes_content_keyed_objects(moto_s3: Moto) -> None:
@@ -369,100 +279,7 @@ def test_s3_target_urls_and_config_errors(tmp_path: Path) -> None:
         t.close()
 
 
-# --- HTTP against a real threaded server ------------------------------------------------------
-
-
-@dataclass
-class Store:
-    """What the server received, and the faults it is told to answer with next."""
-
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    faults: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    store: Store
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _handle(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        store = self.store
-        with store.lock:
-            store.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
-            fault = store.faults.pop(0) if store.faults else None
-        if fault is not None:
-            kind = fault["kind"]
-            if kind == "reset":  # RST instead of an answer
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.close_connection = True
-                return
-            if kind == "hang":  # no answer until the test ends
-                store.release.wait(30)
-                self.close_connection = True
-                return
-            self._answer(fault["status"], fault.get("body", b""), fault.get("headers"))
-            return
-        if self.headers.get("Authorization") != "Bearer s3cret":
-            self._answer(401, b"bad token")
-            return
-        key = self.headers["Idempotency-Key"]
-        with store.lock:
-            item = store.items.setdefault(key, {})
-            item[self.path] = (self.headers.get("Content-Type", ""), body)
-        self._answer(201)
-
-    do_PUT = _handle
-    do_POST = _handle
-
-
-@dataclass
-class HttpServer:
-    url: str
-    store: Store
-    token: Path
-    targets: list[HttpTarget] = field(default_factory=list)
-
-    def target(self, template: str, **kw: Any) -> HttpTarget:
-        kw.setdefault("token_file", self.token)
-        t = HttpTarget(self.url + template, **kw)
-        self.targets.append(t)
-        return t
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[HttpServer]:
-    store = Store()
-    handler = type("BoundHandler", (Handler,), {"store": store})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    token = tmp_path / "upload-token"
-    token.write_text("s3cret\n")
-    srv = HttpServer(f"http://127.0.0.1:{server.server_address[1]}", store, token)
-    try:
-        yield srv
-    finally:
-        store.release.set()
-        for t in srv.targets:
-            t.close()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+# --- HTTP against a real threaded server (tests/fixtures/upload.py) ---------------------------
 
 
 def test_http_put_stores_jpeg_and_sidecar_by_idempotency_key(http_server: HttpServer) -> None:
