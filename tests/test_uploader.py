@@ -20,6 +20,8 @@ from monitoring.spool import QUARANTINE, Spool
 from monitoring.upload_target import HttpTarget, UploadRefused, UploadUnavailable
 from monitoring.uploader import Uploader, describe_target
 from ota.update_window import UpdateWindow
+from tests.fixtures.upload import MotoLate
+from tests.fixtures.upload_server import UploadServer
 
 WAIT_S = 10.0
 
@@ -427,3 +429,108 @@ def test_the_target_is_described_without_secrets(tmp_path: Path, spool: Spool) -
     assert up.status()["target"] == "PUT https://up.example:8443/f/{sha256}.jpg"
     http.close()
     assert json.dumps(up.status())  # JSON-able as it is
+
+
+# --- integration: real servers, down for the first half, then flaky ------------------------------
+
+HALF = 20
+
+
+def _down_then_flaky(spool: Spool, up: Uploader, bring_up: Callable[[], object]) -> list[str]:
+    """Spool HALF items while the server is down (and see the uploader fail), bring it up, spool
+    HALF more; returns every sha spooled."""
+    up.start()
+    shas = []
+    for i in range(HALF):
+        shas += fill(spool, 1, start=i)
+        up.wake()
+    settle(up, lambda st: st["failures"]["unavailable"] >= 2)
+    assert up.uploaded == 0 and spool.status()["pending"] == HALF
+    bring_up()
+    for i in range(HALF, 2 * HALF):
+        shas += fill(spool, 1, start=i)
+        up.wake()
+    assert up.drain(60.0), up.status()
+    return shas
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+def test_http_server_down_then_flaky_every_item_once(
+    tmp_path: Path, spool: Spool, stopper: list[Uploader], upload_server: UploadServer, method: str
+) -> None:
+    token = tmp_path / "upload-token"
+    token.write_text("s3cret\n")
+    upload_server.stop()
+    upload_server.configure(fail_rate=0.3, seed=11, token="s3cret")
+    template = "/frames/{device}/{sha256}.jpg" if method == "PUT" else "/upload/{device}"
+    target = HttpTarget(upload_server.url + template, method=method, token_file=token, io_timeout_s=10.0)
+    up = Uploader(spool, target, device="cam-1", concurrency=2, retry_min_s=0.05, retry_max_s=0.5)
+    stopper.append(up)
+    shas = _down_then_flaky(spool, up, upload_server.start)
+    stats = upload_server.stats()
+    assert sorted(stats["stored_keys"]) == sorted(shas)  # every item, each under its own key
+    assert spool.status()["items"] == 0
+    assert up.uploaded == len(stats["stored_keys"]) == 2 * HALF
+    injected = stats["statuses"].get("503", 0)
+    assert injected > 0 and up.failures["unavailable"] >= injected + 2  # + the refused connections
+    stored = upload_server.stored()
+    for i, sha in enumerate(shas):
+        parts = stored[sha]
+        if method == "PUT":
+            assert parts[f"/frames/cam-1/{sha}.jpg"] == frame(i)
+            meta = json.loads(parts[f"/frames/cam-1/{sha}.json"])
+            assert (meta["sha256"], meta["ts"]) == (sha, 1_700_000_000.0 + i)
+        else:
+            assert list(parts) == ["/upload/cam-1"] and frame(i) in parts["/upload/cam-1"]
+    up.stop()
+    target.close()
+
+
+class FlakyLink(httpx.BaseTransport):
+    """The network between the device and the store: ``rate`` of the requests get a 503 SlowDown,
+    half of them before the store saw the request and half after it stored it (the answer lost)."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.injected = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            fail = self.rng.random() < self.rate
+            after = self.rng.random() < 0.5
+            self.injected += fail
+        slow = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+        if fail and not after:
+            return httpx.Response(503, text=slow)
+        resp = self.inner.handle_request(request)
+        if fail:
+            resp.read()
+            resp.close()
+            return httpx.Response(503, text=slow)
+        return resp
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_s3_server_down_then_flaky_every_item_once(
+    spool: Spool, stopper: list[Uploader], moto_late: MotoLate
+) -> None:
+    link = FlakyLink(0.3, seed=5)
+    target = moto_late.target(transport=link)
+    up = Uploader(spool, target, device="cam-1", concurrency=2, retry_min_s=0.05, retry_max_s=0.5)
+    stopper.append(up)
+    shas = _down_then_flaky(spool, up, moto_late.start)
+    keys = moto_late.keys()
+    want = {f"fleet-a/cam-1/2023-11-14/{sha}.{ext}" for sha in shas for ext in ("jpg", "json")}
+    assert sorted(keys) == sorted(want)  # every item once (a listing has no duplicates; nothing else)
+    assert spool.status()["items"] == 0
+    assert up.uploaded == sum(k.endswith(".jpg") for k in keys) == 2 * HALF
+    assert link.injected > 0 and up.failures["unavailable"] >= link.injected
+    reader = moto_late.reader()
+    for i in (0, HALF, 2 * HALF - 1):
+        assert reader.get_object(f"fleet-a/cam-1/2023-11-14/{shas[i]}.jpg") == frame(i)
+    up.stop()
