@@ -22,7 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, cli_bench, cli_control, cli_fleet, cli_models, cli_report, cli_trust
+from agent import (
+    __version__,
+    cli_bench,
+    cli_control,
+    cli_fleet,
+    cli_models,
+    cli_report,
+    cli_spool,
+    cli_trust,
+)
 from agent.config import LOG_LEVELS, RUNTIMES, SWAP_POLICIES, Config, apply_overrides, load_config
 from inference.errors import ConfigError, EdgeAgentError
 
@@ -160,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH")
     check.set_defaults(func=cmd_config_check)
 
-    for module in (cli_models, cli_control, cli_bench, cli_trust, cli_fleet, cli_report):
+    for module in (cli_models, cli_control, cli_bench, cli_trust, cli_fleet, cli_report, cli_spool):
         module.register(sub)
     return parser
 

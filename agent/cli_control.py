@@ -303,8 +303,11 @@ def _run(args: argparse.Namespace) -> int:
             error = f"{error}\nedge-agent: {target.token_note}"
         print(f"edge-agent: {error}", file=sys.stderr)
         return 1
+    fmt = getattr(args, "format_answer", None)
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2))
+    elif fmt is not None:
+        print(fmt(data))
     elif path == "/status":
         print(_fmt_status(data))
     elif path == "/models":

@@ -11,6 +11,10 @@
     POST /models/unpin
     POST /updates/hold       pause installs: deploy jobs are still verified and queued, not run
     POST /updates/release    resume installs
+    GET  /spool              the frames kept for upload: items, bytes, by strategy, counters, the
+                             uploader's state (``edge-agent spool status``)
+    POST /spool/flush        upload now, ignoring the schedule and any back-off
+    POST /spool/purge        delete every spooled frame (parked ones too)
 
 Who may call it:
 
@@ -70,8 +74,10 @@ BODY_FIELDS: dict[str, frozenset[str]] = {
     "/models/unpin": frozenset(),
     "/updates/hold": frozenset(),
     "/updates/release": frozenset(),
+    "/spool/flush": frozenset(),
+    "/spool/purge": frozenset(),
 }
-GET_PATHS = frozenset({"/healthz", "/status", "/models"})
+GET_PATHS = frozenset({"/healthz", "/status", "/models", "/spool"})
 
 
 class Controller(Protocol):
@@ -92,6 +98,8 @@ class Controller(Protocol):
     def unpin(self) -> dict[str, Any]: ...
 
     def hold(self, hold: bool) -> dict[str, Any]: ...
+
+    def spool(self, action: str) -> dict[str, Any]: ...  # status | flush | purge
 
 
 class RequestError(EdgeAgentError):
@@ -383,6 +391,11 @@ class _Handler(BaseHTTPRequestHandler):
             elif method == "POST" and path in ("/updates/hold", "/updates/release"):
                 self._body(path)
                 self._send(200, ctl.hold(path == "/updates/hold"))
+            elif method == "GET" and path == "/spool":
+                self._send(200, ctl.spool("status"))
+            elif method == "POST" and path in ("/spool/flush", "/spool/purge"):
+                self._body(path)
+                self._send(200, ctl.spool(path.rsplit("/", 1)[1]))
             elif path in GET_PATHS or path in BODY_FIELDS:
                 self._send(405, {"error": f"{method} is not allowed on {path}"})
             else:

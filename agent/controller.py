@@ -14,6 +14,10 @@ from agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
+NO_COLLECTION = (
+    "this agent keeps no frames: sampling is off (set [sampling] strategies or [upload] url, "
+    "or run with --upload URL)"
+)
 NO_STORE = "this agent runs without a model store: start it with --state-dir to manage versions"
 
 
@@ -36,6 +40,7 @@ class DaemonController:
         self.clock = clock
         self.fleet: Any = None  # the FleetChannel, when the agent is on a broker
         self.monitor: Any = None  # the DriftMonitor, when monitoring is on
+        self.collection: Any = None  # the agent.collection.Collection, when sampling is on
 
     def _manager(self) -> ModelManager:
         if self.manager is None:
@@ -73,6 +78,8 @@ class DaemonController:
             out["fleet"] = self.fleet.status()
         if self.monitor is not None:
             out["drift"] = self.monitor.status()
+        if self.collection is not None:
+            out.update(self.collection.status())
         return out
 
     def models(self) -> list[dict[str, Any]]:
@@ -95,6 +102,23 @@ class DaemonController:
 
     def hold(self, hold: bool) -> dict[str, Any]:
         return self._manager().set_hold(hold)
+
+    def spool(self, action: str) -> dict[str, Any]:
+        """``status``, ``flush`` (upload now) or ``purge`` (delete every spooled frame)."""
+        c = self.collection
+        if c is None:
+            raise RequestError(NO_COLLECTION, 409)
+        if action == "flush":
+            if c.uploader is None:
+                raise RequestError("no [upload] url is set: the frames stay in the spool", 409)
+            c.uploader.flush()
+            log.info("control: spool flush requested")
+            return {"message": "uploading now, ignoring the schedule and any back-off", **c.status()}
+        if action == "purge":
+            n = c.spool.purge()
+            log.warning("control: spool purged: %d item(s) deleted", n)
+            return {"message": f"{n} spooled frame(s) deleted", "purged": n, **c.status()}
+        return dict(c.status())
 
 
 class ControlService:

@@ -171,6 +171,7 @@ class Daemon:
         self.store: MetricsStore | None = None
         self.results_sink: JsonlSink | None = None
         self.monitor: DriftMonitor | None = None  # drift and decay ([monitoring])
+        self.collection: Any = None  # agent.collection.Collection: sampling, spool, upload
         self.metrics_server: Any = None  # Prometheus /metrics ([monitoring] metrics)
         self.update_outcomes: dict[
             str, int
@@ -229,6 +230,9 @@ class Daemon:
         if cfg.monitoring.enabled:
             self.monitor = self._make_monitor()
             self.sinks.append(self.monitor)
+        if cfg.collecting:
+            self.collection = self._make_collection()
+            self.sinks.append(self.collection.collector)
         if self.manager is not None:
             self.sinks.append(self.manager)  # probation health and the recent frames for validation
         self.pipeline = Pipeline(
@@ -259,6 +263,8 @@ class Daemon:
                 self.services.append(self.fleet)
                 if self.monitor is not None:
                     self.fleet.attach_monitor(self.monitor)
+                if self.collection is not None:
+                    self.fleet.attach_sampling(self.collection.collector)
                 if cfg.mqtt.events_per_min > 0:
                     self.pipeline.sinks = [*self.pipeline.sinks, self.fleet]
         if self.store is not None:
@@ -275,8 +281,11 @@ class Daemon:
             controller = DaemonController(self.pipeline, self.handle, self.manager)
             controller.fleet = self.fleet
             controller.monitor = self.monitor
+            controller.collection = self.collection
             token = None if isinstance(parse_address(control), Path) else ensure_token(self.state_dir)
             self.services.append(ControlService(control, controller, token))
+        if self.collection is not None:  # stopped before the uploader: what is queued is spooled
+            self.services.extend(self.collection.services)
         if self.monitor is not None:  # stopped first: its last windows still reach the fleet's outbox
             self.services.append(self.monitor)
         self._start_services()
@@ -430,6 +439,30 @@ class Daemon:
         assert self.source is not None
         return DriftMonitor(self.store, settings, lossless=not self.source.live)
 
+    def _make_collection(self) -> Any:
+        from agent.collection import Collection
+        from agent.fleet_channel import default_device_id
+
+        monitor = self.monitor
+        drifted = None
+        if monitor is not None:
+
+            def drifted() -> bool:  # the last judged window drifted (read, never changed here)
+                last = monitor.last
+                return last is not None and last.verdict is not None and bool(last.verdict.drifted)
+
+        assert self.source is not None
+        collection = Collection.build(
+            self.config,
+            self.state_dir,
+            device=self.config.mqtt.device_id or default_device_id(),
+            lossless=not self.source.live,
+            drifted=drifted,
+        )
+        if monitor is not None:  # an alert names the frames kept while it built up
+            monitor.collected_frames = collection.collector.collected_frames
+        return collection
+
     def _make_sinks(self) -> list[Sink]:
         sinks: list[Sink] = []
         if self.config.results:
@@ -561,6 +594,9 @@ class Daemon:
                     log.warning("%s", err)
             self.store.close()
             self.store = None
+        if self.collection is not None:
+            self.collection.close()
+            self.collection = None
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.handle is not None:

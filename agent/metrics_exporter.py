@@ -50,6 +50,7 @@ def snapshot(daemon: Daemon) -> AgentMetrics:
             if monitor is not None
             else {}
         ),
+        collection=daemon.collection.metrics() if daemon.collection is not None else None,
     )
 
 

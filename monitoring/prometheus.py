@@ -160,6 +160,26 @@ class LatencyHistogram:
 
 
 @dataclass(frozen=True)
+class CollectionMetrics:
+    """Frame collection (issue 10): sampling, the spool and the uploader, for ``/metrics``."""
+
+    kept: dict[str, int]  # strategy -> frames spooled since the start
+    duplicates: int
+    queue_dropped: int
+    spool_items: int
+    spool_bytes: int
+    spool_pending: int
+    spool_parked: int
+    spool_dropped: int  # over the quota, oldest first (kept across restarts)
+    spool_refused: int
+    spool_quarantined: int
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    upload_failures: dict[str, int] = field(default_factory=dict)
+    upload_paused: int = 0  # 1 while the uploader waits (back-off, credentials, schedule)
+
+
+@dataclass(frozen=True)
 class AgentMetrics:
     """What ``/metrics`` shows, pulled at scrape time. Counters count since the agent started."""
 
@@ -187,6 +207,7 @@ class AgentMetrics:
     # drift monitoring failures by kind ("store", "listener", "internal"); a default, and last,
     # so a caller that does not know it still builds an AgentMetrics
     failures: dict[str, int] = field(default_factory=dict)
+    collection: CollectionMetrics | None = None  # None: sampling is off (no such families)
 
 
 #: (name without _total, help, AgentMetrics field) of the plain counters.
@@ -265,9 +286,62 @@ def families(m: AgentMetrics) -> list[Metric]:
     for kind, count in sorted(m.failures.items()):
         failures.add_metric([kind], float(count))
     out.append(failures)
+    if m.collection is not None:
+        out += _collection_families(m.collection)
     out.append(
         GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the agent started.", value=m.uptime_s)
     )
+    return out
+
+
+def _collection_families(c: CollectionMetrics) -> list[Metric]:
+    kept = CounterMetricFamily(
+        PREFIX + "frames_kept", "Frames kept for labelling (spooled), by strategy.", labels=["strategy"]
+    )
+    for strategy, n in sorted(c.kept.items()):
+        kept.add_metric([strategy], float(n))
+    failures = CounterMetricFamily(
+        PREFIX + "upload_failures",
+        "Upload attempts that failed, by kind (unavailable, credentials, refused, corrupt, spool, error).",
+        labels=["kind"],
+    )
+    for kind, n in sorted(c.upload_failures.items()):
+        failures.add_metric([kind], float(n))
+    counters = (
+        (
+            "frames_duplicate",
+            "Frames taken by a strategy but like one kept recently (not spooled).",
+            c.duplicates,
+        ),
+        ("frames_kept_dropped", "Frames taken but dropped: the encoder's queue was full.", c.queue_dropped),
+        (
+            "spool_dropped",
+            "Spooled frames deleted unsent to stay within the quota (oldest first).",
+            c.spool_dropped,
+        ),
+        (
+            "spool_refused",
+            "Frames the spool could not take (full disk, I/O error, over the quota).",
+            c.spool_refused,
+        ),
+        ("spool_quarantined", "Spooled frames found corrupt and moved to quarantine/.", c.spool_quarantined),
+        ("uploads", "Frames uploaded (each with its sidecar).", c.uploaded),
+        ("upload_bytes", "JPEG bytes uploaded.", c.uploaded_bytes),
+    )
+    gauges = (
+        ("spool_items", "Frames in the spool (waiting or parked).", c.spool_items),
+        ("spool_bytes", "Bytes in the spool (JPEGs and sidecars).", c.spool_bytes),
+        ("spool_pending", "Frames waiting for upload.", c.spool_pending),
+        ("spool_parked", "Frames the server refused (4xx), kept but not retried.", c.spool_parked),
+        (
+            "upload_paused",
+            "1 while uploads wait: back-off, credentials, schedule or a refused target.",
+            c.upload_paused,
+        ),
+    )
+    out: list[Metric] = [kept, failures]
+    out += [CounterMetricFamily(PREFIX + name, doc, value=float(v)) for name, doc, v in counters]
+    out += [GaugeMetricFamily(PREFIX + name, doc, value=float(v)) for name, doc, v in gauges]
     return out
 
 
@@ -275,6 +349,10 @@ _EMPTY = AgentMetrics(
     model="", version=0, sha256="", runtime="", uptime_s=0.0, frames=0, errors=0, dropped=0, captured=0,
     sink_errors=0, reconnects=0, fps=0.0, latency=HistogramSnapshot.empty(), confidence=None, drift={},
     alerts_active={}, updates={}, samples=0, samples_dropped=0, windows=0, store_failures=0,
+    collection=CollectionMetrics(
+        kept={}, duplicates=0, queue_dropped=0, spool_items=0, spool_bytes=0, spool_pending=0, spool_parked=0,
+        spool_dropped=0, spool_refused=0, spool_quarantined=0,
+    ),
 )  # fmt: skip
 
 

@@ -350,30 +350,9 @@ class Spool:
         ({name: {items, bytes}}, parked ones included; no strategy under ``""``), the quota,
         and the counters ``dropped``, ``refused``, ``quarantined`` (kept across restarts)."""
         with self._lock, self._sql("reading the spool status") as conn:
-            by: dict[str, dict[str, int]] = {}
-            items = total = parked = parked_bytes = 0
-            for strategy, p, n, b in conn.execute(
-                "SELECT COALESCE(strategy, ''), parked, COUNT(*), SUM(bytes) FROM items GROUP BY 1, 2"
-            ):
-                entry = by.setdefault(strategy, {"items": 0, "bytes": 0})
-                entry["items"] += n
-                entry["bytes"] += b
-                items, total = items + n, total + b
-                if p:
-                    parked, parked_bytes = parked + n, parked_bytes + b
-            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        counters["refused"] = counters.get("refused", 0) + self._unsaved_refused
-        return {
-            "items": items,
-            "bytes": total,
-            "pending": items - parked,
-            "parked": parked,
-            "parked_bytes": parked_bytes,
-            "by_strategy": dict(sorted(by.items())),
-            "max_bytes": self.max_bytes,
-            "max_items": self.max_items,
-            **{name: counters.get(name, 0) for name in COUNTERS},
-        }
+            out = _status(conn)
+        out["refused"] += self._unsaved_refused
+        return {**out, "max_bytes": self.max_bytes, "max_items": self.max_items}
 
     # ------------------------------------------------------------------ repair
 
@@ -490,3 +469,56 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _status(conn: sqlite3.Connection) -> dict[str, Any]:
+    by: dict[str, dict[str, int]] = {}
+    items = total = parked = parked_bytes = 0
+    for strategy, p, n, b in conn.execute(
+        "SELECT COALESCE(strategy, ''), parked, COUNT(*), SUM(bytes) FROM items GROUP BY 1, 2"
+    ):
+        entry = by.setdefault(strategy, {"items": 0, "bytes": 0})
+        entry["items"] += n
+        entry["bytes"] += b
+        items, total = items + n, total + b
+        if p:
+            parked, parked_bytes = parked + n, parked_bytes + b
+    counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    return {
+        "items": items,
+        "bytes": total,
+        "pending": items - parked,
+        "parked": parked,
+        "parked_bytes": parked_bytes,
+        "by_strategy": dict(sorted(by.items())),
+        **{name: counters.get(name, 0) for name in COUNTERS},
+    }
+
+
+def read_status(root: Path) -> dict[str, Any]:
+    """``Spool.status()`` of a spool no process has open for writing, read-only: no repair,
+    nothing created (``edge-agent spool status`` without a running agent). The quota is not
+    known here. A missing spool reads as empty."""
+    db_path = Path(root) / DB_NAME
+    if not db_path.exists():
+        return _status_empty()
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            return _status(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise translate(err, db_path, "reading the spool status") from None
+
+
+def _status_empty() -> dict[str, Any]:
+    return {
+        "items": 0,
+        "bytes": 0,
+        "pending": 0,
+        "parked": 0,
+        "parked_bytes": 0,
+        "by_strategy": {},
+        **dict.fromkeys(COUNTERS, 0),
+    }

@@ -146,7 +146,8 @@ def paho_connect(port: int, *, ca: Path | None = None, timeout: float = 10.0, **
 
 
 def capture_job(keys: Keys, job_id: str, device: str) -> bytes:
-    """A signed job every device answers at once (REJECTED unsupported_action), changing nothing."""
+    """A signed job every device answers at once (REJECTED unsupported_action: these agents run
+    with sampling off), changing nothing."""
     from ota.protocol import build_job, new_nonce
     from ota.trust import canonical_json, load_private_key, sign_object
 
@@ -158,6 +159,7 @@ def capture_job(keys: Keys, job_id: str, device: str) -> bytes:
         devices=[device],
         issued_at=now,
         expires_at=now + 600,
+        frames=1,
     )
     return canonical_json(sign_object(job, load_private_key(keys.key)))
 

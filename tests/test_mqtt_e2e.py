@@ -170,7 +170,7 @@ def test_bad_jobs_are_rejected_and_the_loop_keeps_serving(
             "--manifest-sha256", good_sha, "--job-id", "unknown-key",
         )  # fmt: skip
         case("unknown-key", unknown, "REJECTED", "unknown_key")
-        case("capture", signed(keys, "capture", action="capture"), "REJECTED", "unsupported_action")
+        case("capture", signed(keys, "capture", action="capture", frames=1), "REJECTED", "unsupported_action")
         now = int(time.time())
         expired = signed(
             keys, "expired", manifest_url=good_url, manifest_sha256=good_sha,
