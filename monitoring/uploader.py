@@ -317,8 +317,15 @@ class Uploader:
         delay = min(self.retry_max_s, self.retry_min_s * 2.0 ** max(0, self._backoff_n - 1))
         return delay / 2 + self._rng.uniform(0.0, delay / 2)
 
-    def _pause(self, epoch: int, kind: str, retry_after: float | None = None) -> None:
-        """Pause every worker (``kind``: unavailable | spool | credentials | refused)."""
+    def _pause(
+        self,
+        epoch: int,
+        kind: str,
+        retry_after: float | None = None,
+        stamp: tuple[int, int] | None = None,
+    ) -> None:
+        """Pause every worker (``kind``: unavailable | spool | credentials | refused); ``stamp``:
+        the credentials file as the failed attempt found it (a change since then ends the pause)."""
         now = self._clock()
         if epoch == self._epoch:  # the first failure of this round counts towards the back-off
             self._epoch += 1
@@ -330,7 +337,7 @@ class Uploader:
         self._pause_kind = kind
         if kind == "credentials":
             self._watch = credentials_file(self.target)
-            self._watch_stamp = _stamp(self._watch)
+            self._watch_stamp = stamp
             self._next_check = now + self.check_s
         self._cond.notify_all()
 
@@ -398,6 +405,7 @@ class Uploader:
 
     def _attempt(self, item: SpoolItem, epoch: int) -> None:
         sha = item.sha256
+        stamp: tuple[int, int] | None = None
         try:
             jpeg, meta = self._read(item)
             ts = meta.get("ts", item.spooled_at)
@@ -407,6 +415,7 @@ class Uploader:
                 if self._stopping:
                     return
                 self.attempts += 1
+            stamp = _stamp(credentials_file(self.target))  # before the credentials are read
             self.target.put(sha, jpeg, meta, self.device, ts=float(ts))
         except _Corrupt as exc:
             self._corrupt(item, str(exc))
@@ -415,7 +424,7 @@ class Uploader:
             self._unavailable(epoch, "unavailable", str(err), err.retry_after)
             return
         except CredentialsRejected as err:
-            self._credentials(epoch, str(err))
+            self._credentials(epoch, str(err), stamp)
             return
         except UploadRefused as err:
             self._refused(item, epoch, err)
@@ -424,7 +433,7 @@ class Uploader:
             self._corrupt(item, str(err))
             return
         except (TransientError, ConfigError) as err:  # reading the credentials or token file
-            self._credentials(epoch, str(err))
+            self._credentials(epoch, str(err), stamp)
             return
         with self._cond:
             if self._stopping:
@@ -461,11 +470,11 @@ class Uploader:
                     )
                 self._failing_since_log, self._unlogged = now, 0
 
-    def _credentials(self, epoch: int, message: str) -> None:
+    def _credentials(self, epoch: int, message: str, stamp: tuple[int, int] | None) -> None:
         with self._cond:
             first = self._pause_kind != "credentials"
             self._error("credentials", message)
-            self._pause(epoch, "credentials")
+            self._pause(epoch, "credentials", stamp=stamp)
         if first:
             log.error("uploads wait for new credentials: %s", message)
 

@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from monitoring.spool import QUARANTINE, Spool
+from inference.errors import TransientError
+from monitoring.spool import QUARANTINE, Spool, SpoolItem
 from monitoring.upload_target import HttpTarget, UploadRefused, UploadUnavailable
 from monitoring.uploader import Uploader, describe_target
 from ota.update_window import UpdateWindow
-from tests.fixtures.upload import MotoLate
+from tests.fixtures.upload import Moto, MotoLate, write_creds
 from tests.fixtures.upload_server import UploadServer
 
 WAIT_S = 10.0
@@ -315,6 +316,39 @@ def test_credentials_wait_for_the_file_to_change(
     target.close()
 
 
+def test_a_rejection_answered_after_the_rotation_does_not_hide_it(
+    tmp_path: Path, spool: Spool, stopper: list[Uploader]
+) -> None:
+    """Two uploads carry the old token; one answer comes after the file was rotated: the change is
+    still seen (the file is compared with what the failed attempt read, not with the file now)."""
+    fill(spool, 3)
+    token = tmp_path / "upload-token"
+    token.write_text("bad\n")
+    both = threading.Barrier(2, timeout=WAIT_S)
+    rotated = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] == "Bearer good-token":
+            return httpx.Response(201)
+        if both.wait() == 0:
+            assert rotated.wait(WAIT_S)
+        return httpx.Response(401, text="bad token")
+
+    target = HttpTarget(
+        "http://up.example/f/{sha256}.jpg", token_file=token, transport=httpx.MockTransport(answer)
+    )
+    clock = Clock()
+    up = make(spool, target, stopper, concurrency=2, check_s=5.0, retry_max_s=600.0, clock=clock).start()
+    settle(up, lambda st: st["failures"]["credentials"] == 1)
+    token.write_text("good-token\n")
+    rotated.set()
+    settle(up, lambda st: st["failures"]["credentials"] == 2 and st["in_flight"] == 0)
+    clock.now += 5.0
+    up.wake()
+    assert up.drain(WAIT_S) and up.uploaded == 3
+    target.close()
+
+
 def test_outside_the_schedule_workers_wait_and_flush_overrides(spool: Spool, stopper: list[Uploader]) -> None:
     fill(spool, 2)
     local = LocalNow(datetime(2026, 11, 23, 12, 0))
@@ -422,6 +456,36 @@ def test_at_most_concurrency_uploads_at_once(spool: Spool, stopper: list[Uploade
     assert len(target.calls) == 9  # no item was taken by two workers
 
 
+class FlakySpool(Spool):
+    """A spool whose listing fails ``fail`` times (a disk error, as the spool translates it)."""
+
+    fail = 0
+
+    def pending(self, limit: int = 100) -> list[SpoolItem]:
+        if self.fail:
+            self.fail -= 1
+            raise TransientError(f"I/O error while listing the spool under {self.root}: EIO; check the disk")
+        return super().pending(limit)
+
+
+def test_a_spool_error_backs_off_like_unavailable(tmp_path: Path, stopper: list[Uploader]) -> None:
+    flaky = FlakySpool(tmp_path / "spool", max_bytes=1 << 20, max_items=100, clock=SpoolClock())
+    (sha,) = fill(flaky, 1)
+    flaky.fail = 1
+    clock = Clock()
+    target = FakeTarget(clock=clock)
+    up = make(flaky, target, stopper, concurrency=1, retry_min_s=4.0, clock=clock, rng=random.Random(1))
+    up.start()
+    st = settle(up, lambda st: st["failures"]["spool"] == 1)
+    assert st["state"] == "backing_off" and 2.0 <= st["next_attempt_in_s"] <= 4.0
+    assert "I/O error" in st["last_error"] and target.calls == []
+    clock.now += st["next_attempt_in_s"]
+    up.wake()
+    assert up.drain(WAIT_S) and target.stored == [sha]
+    up.stop()
+    flaky.close()
+
+
 def test_the_target_is_described_without_secrets(tmp_path: Path, spool: Spool) -> None:
     http = HttpTarget("https://user:pw@up.example:8443/f/{sha256}.jpg?sig=SECRET", method="PUT")
     assert describe_target(http) == "PUT https://up.example:8443/f/{sha256}.jpg"
@@ -524,7 +588,7 @@ def test_s3_server_down_then_flaky_every_item_once(
     up = Uploader(spool, target, device="cam-1", concurrency=2, retry_min_s=0.05, retry_max_s=0.5)
     stopper.append(up)
     shas = _down_then_flaky(spool, up, moto_late.start)
-    keys = moto_late.keys()
+    keys = moto_late.object_keys()
     want = {f"fleet-a/cam-1/2023-11-14/{sha}.{ext}" for sha in shas for ext in ("jpg", "json")}
     assert sorted(keys) == sorted(want)  # every item once (a listing has no duplicates; nothing else)
     assert spool.status()["items"] == 0
@@ -533,4 +597,62 @@ def test_s3_server_down_then_flaky_every_item_once(
     reader = moto_late.reader()
     for i in (0, HALF, 2 * HALF - 1):
         assert reader.get_object(f"fleet-a/cam-1/2023-11-14/{shas[i]}.jpg") == frame(i)
+    up.stop()
+
+
+def test_http_resets_slow_answers_and_retry_after(
+    spool: Spool, stopper: list[Uploader], upload_server: UploadServer
+) -> None:
+    target = HttpTarget(upload_server.url + "/f/{sha256}.jpg", io_timeout_s=0.5)
+    up = Uploader(spool, target, device="cam-1", concurrency=2, retry_min_s=0.05, retry_max_s=0.5)
+    stopper.append(up)
+    up.start()
+    upload_server.configure(reset_rate=0.3, seed=2)  # connections closed without an answer
+    shas = fill(spool, 10)
+    up.wake()
+    assert up.drain(60.0), up.status()
+    resets = up.failures["unavailable"]
+    assert resets > 0 and up.uploaded == 10
+
+    upload_server.configure(delay_s=1.5)  # slower than the client's read timeout
+    shas += fill(spool, 1, start=10)
+    up.wake()
+    st = settle(up, lambda st: st["failures"]["unavailable"] > resets)
+    assert "timed out" in st["last_error"]
+    upload_server.configure()
+    assert up.drain(60.0)
+
+    upload_server.configure(status=503, retry_after="30")
+    shas += fill(spool, 1, start=11)
+    up.wake()
+    st = settle(up, lambda st: "Retry-After 30 s" in (st["last_error"] or ""))
+    assert st["state"] == "backing_off" and 29.0 < st["next_attempt_in_s"] <= 30.0
+    upload_server.configure()
+    up.flush()  # no need to wait the 30 s
+    assert up.drain(60.0)
+    stats = upload_server.stats()
+    assert sorted(stats["stored_keys"]) == sorted(shas) and up.uploaded == len(shas)
+    assert spool.status()["items"] == 0
+    up.stop()
+    target.close()
+
+
+def test_s3_rotated_credentials_resume_the_uploads(
+    spool: Spool, stopper: list[Uploader], moto_s3: Moto
+) -> None:
+    write_creds(moto_s3.creds_path, moto_s3.access_key, "not-the-secret")
+    target = moto_s3.target()
+    up = Uploader(spool, target, device="cam-1", retry_min_s=0.05, retry_max_s=600.0, check_s=0.05)
+    stopper.append(up)
+    shas = fill(spool, 3)
+    up.start()
+    st = settle(up, lambda st: st["state"] == "credentials_rejected")
+    assert "SignatureDoesNotMatch" in st["last_error"] and "s3-credentials.json" in st["last_error"]
+    assert st["next_attempt_in_s"] > 500  # not before retry_max_s ... unless the file changes
+    assert spool.status()["pending"] == 3
+    write_creds(moto_s3.creds_path, moto_s3.access_key, moto_s3.secret)  # the fleet rotates it
+    assert up.drain(30.0), up.status()
+    assert sorted(k for k in moto_s3.object_keys() if k.endswith(".jpg")) == sorted(
+        f"fleet-a/cam-1/2023-11-14/{sha}.jpg" for sha in shas
+    )
     up.stop()
