@@ -265,6 +265,7 @@ class Daemon:
                     self.fleet.attach_monitor(self.monitor)
                 if self.collection is not None:
                     self.fleet.attach_sampling(self.collection.collector)
+                    self.fleet.attach_spool_counters(self.collection.telemetry)
                 if cfg.mqtt.events_per_min > 0:
                     self.pipeline.sinks = [*self.pipeline.sinks, self.fleet]
         if self.store is not None:

@@ -126,6 +126,7 @@ class FleetChannel:
         self._last: tuple[float, int, int, int] | None = None  # (t, frames, dropped, errors)
         self._last_lock = threading.Lock()
         self._monitor: DriftMonitor | None = None
+        self._spool_counters: Callable[[], dict[str, int]] | None = None
         self._event_tokens = 0.0
         self._event_t = time.monotonic()
         self.events_sent = 0
@@ -243,8 +244,23 @@ class FleetChannel:
             errors=errors,
             model=s.model,
             version=s.version,
+            spool=self._spool(),
         )
         self._send_telemetry(payload)
+
+    def attach_spool_counters(self, counters: Callable[[], dict[str, int]] | None) -> None:
+        """The frame collection's counters, carried by every telemetry message (``spool``)."""
+        self._spool_counters = counters
+
+    def _spool(self) -> dict[str, int] | None:
+        counters = self._spool_counters
+        if counters is None:
+            return None
+        try:
+            return counters()
+        except EdgeAgentError as err:  # the spool's database cannot be read now: sent without
+            log.warning("telemetry without the spool counters: %s", err)
+            return None
 
     def attach_sampling(self, control: SamplingControl | None) -> None:
         """The collector behind the fleet's ``sampling`` and ``capture`` jobs (None: sampling off,
@@ -280,6 +296,7 @@ class FleetChannel:
             else {f"{sc.metric}:{sc.score}": [sc.value, sc.threshold] for sc in verdict.scores},
             drifted=list(verdict.drifted) if verdict is not None else None,
             reference=report.reference,
+            spool=self._spool(),
         )
         self._send_telemetry(payload)
 

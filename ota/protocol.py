@@ -1118,6 +1118,34 @@ def _check_window(obj: Mapping[str, Any]) -> None:
         raise err.inside("window") from None
 
 
+#: The frame collection's counters a telemetry message may carry (all optional, whole numbers):
+#: frames kept and found duplicate since the start; spool pending items, bytes and parked items
+#: now; frames dropped over the quota, refused and quarantined (kept across restarts); uploaded.
+SPOOL_FIELDS = (
+    "kept",
+    "duplicates",
+    "pending",
+    "bytes",
+    "parked",
+    "dropped",
+    "refused",
+    "quarantined",
+    "uploaded",
+)
+
+
+def _check_spool(obj: Mapping[str, Any]) -> None:
+    value = obj["spool"]
+    if not isinstance(value, dict):
+        raise _Invalid("spool", _got(value), "must be an object of the frame collection's counters")
+    try:
+        _no_unknown(value, SPOOL_FIELDS, "the spool counters")
+        for key in value:
+            _uint(value, key)
+    except _Invalid as err:
+        raise err.inside("spool") from None
+
+
 def _check_drift(obj: Mapping[str, Any]) -> None:
     value = obj["drift"]
     rule = f'must be an object of at most {MAX_DRIFT_SCORES} "<metric>:<score>": [value, threshold]'
@@ -1190,7 +1218,7 @@ TELEMETRY_REQUIRED = (
     "model",
     "version",
 )
-TELEMETRY_OPTIONAL = ("window", "confidence", "drift", "drifted", "reference")
+TELEMETRY_OPTIONAL = ("window", "confidence", "drift", "drifted", "reference", "spool")
 TELEMETRY_FIELDS = TELEMETRY_REQUIRED + TELEMETRY_OPTIONAL
 #: Where a window's statistics came from: the bundle's profile, one learned on the device, or
 #: none yet (learning: no drift scores).
@@ -1216,6 +1244,8 @@ def _check_telemetry(obj: Mapping[str, Any]) -> dict[str, Any]:
         _array(obj, "drifted", MAX_DRIFT_SCORES, "drift metrics", _metric)
     if "reference" in obj:
         _choice(obj, "reference", REFERENCES)
+    if "spool" in obj:
+        _check_spool(obj)
     return dict(obj)
 
 
@@ -1236,8 +1266,10 @@ def telemetry_payload(
     drift: Mapping[str, Sequence[float]] | None = None,
     drifted: Iterable[str] | None = None,
     reference: str | None = None,
+    spool: Mapping[str, int] | None = None,
 ) -> bytes:
-    """One window summary. The drift fields are left out when None: ``window`` (``index``,
+    """One window summary (``spool``: the frame collection's counters, ``SPOOL_FIELDS``). The
+    drift fields are left out when None: ``window`` (``index``,
     ``start_ts``, ``end_ts``, ``samples``), ``confidence`` (also when not finite), ``drift``
     (``{"<metric>:<score>": [value, threshold]}``, 6 significant digits: at most 64, those
     nearest or past their thresholds first; a NaN score is left out, an infinite one sent as
@@ -1274,6 +1306,8 @@ def telemetry_payload(
         obj["drifted"] = list(dict.fromkeys(_wire_metric(m) for m in drifted))[:MAX_DRIFT_SCORES]
     if reference is not None:
         obj["reference"] = reference
+    if spool is not None:
+        obj["spool"] = {k: _as_int(v, f"spool.{k}") for k, v in spool.items()}
     _built("telemetry", obj, _check_telemetry, None)  # every field well formed, then the size
     while len(_dump(obj)) > MAX_TELEMETRY_BYTES and (obj.get("drift") or obj.get("drifted")):
         if obj.get("drift"):  # the scores furthest below their thresholds go first
@@ -1334,6 +1368,8 @@ def _check_alert(obj: Mapping[str, Any]) -> dict[str, Any]:
         _array(obj, "frames", MAX_FRAMES, "frame ids (1-64 characters from A-Z a-z 0-9 . _ -)", _id)
     if "reference" in obj:
         _choice(obj, "reference", REFERENCES)
+    if "spool" in obj:
+        _check_spool(obj)
     return dict(obj)
 
 
