@@ -19,7 +19,8 @@ holds, read its JPEG and sidecar and make one ``target.put``. The outcome decide
 
 Failures that happen together (several workers in flight when the server goes down) double the
 back-off once. A ``schedule`` (``ota.update_window.UpdateWindow`` fits) holds every worker until
-it opens; ``flush()`` ignores it and any back-off until the spool is empty once. All waiting is on
+it opens; ``flush()`` skips the current back-off and ignores the schedule until the spool has been
+emptied (back-offs after it are honoured; a credentials or whole-target failure ends it). All waiting is on
 one ``Condition``: back-off and the schedule are timed by the injected ``clock`` / ``local_now``
 (a test moves them and calls ``wake()``), ``drain`` and ``stop`` by the caller's real timeout.
 An upload in flight at ``stop`` is left to finish on its own and its item stays pending: keys
@@ -143,6 +144,7 @@ class Uploader:
         self._in_flight: set[str] = set()
         self._running = False
         self._stopping = False
+        self._generation = 0  # bumped by start(): a worker left in flight by stop() then ends
         self._flushing = False
         # the shared pause: until when, why, and (credentials) the file to watch
         self._pause_until: float | None = None
@@ -173,8 +175,11 @@ class Uploader:
             if self._running:
                 return self
             self._running, self._stopping = True, False
+            self._generation += 1
             self._threads = [
-                threading.Thread(target=self._run, name=f"upload-{i + 1}", daemon=True)
+                threading.Thread(
+                    target=self._run, args=(self._generation,), name=f"upload-{i + 1}", daemon=True
+                )
                 for i in range(self.concurrency)
             ]
         for t in self._threads:
@@ -203,7 +208,7 @@ class Uploader:
             self._cond.notify_all()
 
     def flush(self) -> None:
-        """Upload now: ignore the schedule and the current back-off until the spool is empty once."""
+        """Upload now: skip the current back-off and ignore the schedule until the spool is empty."""
         with self._cond:
             self._flushing = True
             self._clear_pause()
@@ -335,6 +340,8 @@ class Uploader:
         if self._pause_until is None or until > self._pause_until or kind != self._pause_kind:
             self._pause_until = until
         self._pause_kind = kind
+        if kind in ("credentials", "refused"):
+            self._flushing = False  # no use in ignoring the schedule: a person must act first
         if kind == "credentials":
             self._watch = credentials_file(self.target)
             self._watch_stamp = stamp
@@ -349,14 +356,17 @@ class Uploader:
 
     # ------------------------------------------------------------------ the worker
 
-    def _run(self) -> None:
+    def _over(self, generation: int) -> bool:
+        return self._stopping or generation != self._generation
+
+    def _run(self, generation: int) -> None:
         not_before = 0.0  # this worker's own back-off after a bug
         bugs = 0
         while True:
             with self._cond:
                 item: SpoolItem | None = None
                 epoch = self._epoch
-                while not self._stopping:
+                while not self._over(generation):
                     now = self._clock()
                     wait = self._blocked(now, not_before)
                     if wait == 0.0:
@@ -370,12 +380,12 @@ class Uploader:
                             continue
                         if item is not None:
                             break
-                        if self._flushing:
+                        if self._flushing and not self._in_flight:  # the spool was emptied
                             self._flushing = False
                         self._cond.notify_all()  # drain() waits for this
                         wait = IDLE_RECHECK_S
                     self._cond.wait(wait)
-                if self._stopping or item is None:
+                if self._over(generation) or item is None:
                     return
             try:
                 self._attempt(item, epoch)

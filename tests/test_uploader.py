@@ -376,6 +376,23 @@ def test_outside_the_schedule_workers_wait_and_flush_overrides(spool: Spool, sto
     assert up.drain(WAIT_S) and target.stored[-1] == late
 
 
+def test_a_flush_goes_on_through_transient_failures(spool: Spool, stopper: list[Uploader]) -> None:
+    fill(spool, 2)
+    local = LocalNow(datetime(2026, 11, 23, 12, 0))
+    clock = Clock()
+    target = FakeTarget([UploadUnavailable("down")], clock=clock)
+    window = UpdateWindow.parse("01:00-05:00")
+    kw: dict[str, Any] = {"schedule": window, "local_now": local, "clock": clock, "retry_min_s": 2.0}
+    up = make(spool, target, stopper, concurrency=1, **kw).start()
+    up.flush()
+    st = settle(up, done(1))
+    assert st["state"] == "backing_off"  # the back-off after the flush is honoured …
+    clock.now += 2.0
+    up.wake()
+    assert up.drain(WAIT_S) and up.uploaded == 2  # … and the window still ignored until empty
+    assert up.status()["state"] == "outside_schedule"
+
+
 def test_corrupt_items_are_quarantined(tmp_path: Path, spool: Spool, stopper: list[Uploader]) -> None:
     a, b, c = fill(spool, 3)
     (tmp_path / "upload-token").write_text("good-token\n")
