@@ -19,8 +19,8 @@ from agent.config import Config
 from monitoring.collector import Collector, PolicyFile
 from monitoring.prometheus import CollectionMetrics
 from monitoring.spool import Spool
-from monitoring.upload_target import describe, make_target
-from monitoring.uploader import Uploader
+from monitoring.upload_target import make_target
+from monitoring.uploader import Uploader, describe_target
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Collection:
             policy_file=pfile,
             policy_origin=origin,
         )
-        target = describe(config.upload.url) if config.upload.url else None
+        target = describe_target(uploader.target) if uploader is not None else None
         log.info(
             "collecting frames (%s) into %s%s",
             ", ".join(s.name for s in policy.strategies),
@@ -123,7 +123,7 @@ class Collection:
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sampling": self.collector.status(), "spool": self.spool.status()}
         if self.uploader is not None:
-            out["upload"] = {**self.uploader.status(), "target": self.target}
+            out["upload"] = self.uploader.status()
         return out
 
     def metrics(self) -> CollectionMetrics:

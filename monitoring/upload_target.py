@@ -470,11 +470,3 @@ def make_target(
         url, method=method, token_file=token_file, transport=transport, io_timeout_s=timeout_s, clock=clock
     )
 
-
-def describe(url: str) -> str:
-    """The target's URL without user info or query (safe for logs and status)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
