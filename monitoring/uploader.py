@@ -58,6 +58,7 @@ FAILURE_KINDS = ("unavailable", "credentials", "refused", "corrupt", "spool", "e
 IDLE_RECHECK_S = 30.0  # an idle worker looks at the spool this often even without wake()
 SCHEDULE_RECHECK_S = 60.0  # the local clock may be set while waiting for the window
 LOG_EVERY_S = 60.0  # repeated unavailability: at most one log line a minute
+SLACK_S = 1e-3  # a wait this close to its end is over (no spinning on a rounding error)
 
 
 class Schedule(Protocol):
@@ -220,6 +221,7 @@ class Uploader:
         with self._cond:
             while True:
                 if not self._in_flight and not self._pending(1):
+                    self._flushing = False  # the spool has been emptied: a flush is over
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -282,27 +284,31 @@ class Uploader:
     def _clear_pause(self) -> None:
         self._pause_until = self._pause_kind = self._watch = self._watch_stamp = None
 
-    def _blocked(self, now: float, not_before: float) -> float | None:
-        """0 when this worker may claim an item now, else the seconds to wait (None: no limit)."""
+    def _blocked(self, now: float, not_before: float) -> float:
+        """0 when this worker may claim an item now, else the seconds to wait."""
         if self._pause_until is not None:
-            if self._pause_kind == "credentials" and self._watch is not None and now >= self._next_check:
+            if (
+                self._pause_kind == "credentials"
+                and self._watch is not None
+                and now + SLACK_S >= self._next_check
+            ):
                 if _stamp(self._watch) != self._watch_stamp:
                     log.info("uploads: %s changed; trying again", self._watch)
                     self._clear_pause()
                 else:
                     self._next_check = now + self.check_s
             if self._pause_until is not None:
-                if now >= self._pause_until:
+                if now + SLACK_S >= self._pause_until:
                     self._clear_pause()
                 else:
                     wait = self._pause_until - now
                     if self._pause_kind == "credentials" and self._watch is not None:
                         wait = min(wait, self._next_check - now)
                     return wait
-        if now < not_before:
+        if now + SLACK_S < not_before:
             return not_before - now
         until_open = self._schedule_wait()
-        if until_open > 0:
+        if until_open > SLACK_S:
             return min(until_open, SCHEDULE_RECHECK_S)
         return 0.0
 

@@ -359,8 +359,8 @@ def test_outside_the_schedule_workers_wait_and_flush_overrides(spool: Spool, sto
     st = up.status()
     assert st["state"] == "outside_schedule" and st["schedule"] == "01:00-05:00"
     assert st["next_attempt_in_s"] == 13 * 3600.0
-    up.wake()  # a new item does not open the window
     local.seen.clear()
+    up.wake()  # a new item does not open the window
     local.wait_seen({"upload-1", "upload-2"})
     assert target.calls == []
     up.flush()
