@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from monitoring.collector import Collector, PolicyFile
+from monitoring.collector import QUOTA_FILE, Collector, PolicyFile
 from monitoring.prometheus import CollectionMetrics
 from monitoring.spool import Spool
 from monitoring.upload_target import make_target
@@ -105,6 +105,7 @@ class Collection:
             on_spooled=uploader.wake if uploader is not None else None,
             policy_file=pfile,
             policy_origin=origin,
+            quota_file=Path(state_dir) / QUOTA_FILE,
         )
         target = describe_target(uploader.target) if uploader is not None else None
         log.info(

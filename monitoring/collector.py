@@ -17,7 +17,10 @@ pre-labels, in the JPEG's pixels), then wakes the uploader.
 strategies, quotas and de-duplication say, under the strategy name ``capture``.
 ``set_policy`` (the fleet's ``sampling`` command) replaces the policy between two frames; it
 is saved in ``<state>/sampling-policy.json`` and wins over the config file at the next start
-(delete the file to go back to the config). ``collected_frames(t0, t1)`` gives the sha256 of
+(delete the file to go back to the config). The quota counts and the day's bytes are saved in
+``<state>/sampling-quota.json`` (at most every ``QUOTA_SAVE_S`` and at stop) and taken back at
+the next start for the strategies that are unchanged, so an agent that restarts does not keep
+``per_day`` again. ``collected_frames(t0, t1)`` gives the sha256 of
 the frames kept between two times: a drift alert names them as its evidence.
 """
 
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 POLICY_FILE = "sampling-policy.json"
+QUOTA_FILE = "sampling-quota.json"
+QUOTA_SAVE_S = 10.0
 CAPTURE = "capture"
 MAX_CAPTURE = 1000
 MAX_RECENT = 4096  # kept frames remembered for collected_frames
@@ -141,7 +146,10 @@ class Collector:
         policy_file: PolicyFile | None = None,
         policy_origin: str = "config",
         frame_stats: FrameStats | None = None,
+        quota_file: Path | None = None,
+        fs: FsOps = DEFAULT_FS,
     ) -> None:
+        """``quota_file``: where the quota counts survive a restart (None: they do not)."""
         self.spool = spool
         self.device = device
         self.clock = clock
@@ -154,6 +162,11 @@ class Collector:
         self._policy_lock = threading.Lock()
         # replaced whole (never changed in place); the results thread reads it once a frame
         self._active = self._make(policy, policy_origin)
+        self.quota_file = quota_file
+        self.fs = fs
+        self._quota_saved_at = -math.inf
+        if quota_file is not None:
+            self._restore_quota(quota_file)
         # results thread
         self.frames = 0
         self.queue_dropped = 0
@@ -275,6 +288,8 @@ class Collector:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the frame collector did not stop within %.0f s", timeout)
+                return
+        self.save_quota(force=True)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued frame has been handled (tests, benchmarks)."""
@@ -362,6 +377,8 @@ class Collector:
         self._recent.append((float(frame.ts), item.sha256))
         if self.on_spooled is not None:
             self.on_spooled()
+        if not capture:
+            self.save_quota()
 
     def sidecar(
         self,
@@ -395,6 +412,35 @@ class Collector:
         }
         meta.update(prelabels(result, scale))
         return meta
+
+    # ------------------------------------------------------------------ quota across restarts
+
+    def _restore_quota(self, path: Path) -> None:
+        try:
+            snap = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("sampling quota counts in %s cannot be read (%s); starting them afresh", path, exc)
+            return
+        if isinstance(snap, dict):
+            n = self.sampler.restore(snap)
+            if n:
+                log.info("sampling quota counts of %d strategy(ies) taken back from %s", n, path)
+
+    def save_quota(self, *, force: bool = False) -> None:
+        """Save the quota counts (at most every ``QUOTA_SAVE_S`` unless ``force``)."""
+        if self.quota_file is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._quota_saved_at < QUOTA_SAVE_S:
+            return
+        self._quota_saved_at = now
+        body = (json.dumps(self.sampler.snapshot(), sort_keys=True) + "\n").encode()
+        try:
+            atomic_write_bytes(self.quota_file, body, self.fs)
+        except OSError as exc:  # a full disk: the counts start afresh after a restart, said once a minute
+            self._log("quota", logging.WARNING, "sampling quota counts not saved: %s", exc)
 
     def _log(self, key: str, level: int, msg: str, *args: Any, exc: bool = False) -> None:
         now = time.monotonic()

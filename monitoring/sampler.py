@@ -333,3 +333,50 @@ class Sampler:
         with self._lock:
             self._roll_day(self.clock())
             self._spent += max(0, int(nbytes))
+
+    # ------------------------------------------------------------------ across restarts
+
+    def snapshot(self) -> dict[str, Any]:
+        """The quota counts and today's bytes, as JSON (``restore`` takes it back after a restart)."""
+        with self._lock:
+            return {
+                "day": self._day,
+                "spent": self._spent,
+                "quotas": {
+                    name: {
+                        "limits": [list(p) for p in q.limits],
+                        "windows": list(q.windows),
+                        "counts": list(q.counts),
+                    }
+                    for name, q in self._quotas.items()
+                },
+            }
+
+    def restore(self, snap: Mapping[str, Any]) -> int:
+        """Take back the counts of ``snapshot`` for every strategy whose name and quotas are
+        unchanged (counts of windows that have passed are dropped at the next frame, as ever);
+        returns how many strategies were restored. Malformed entries are ignored."""
+        restored = 0
+        with self._lock:
+            day, spent = snap.get("day"), snap.get("spent")
+            if isinstance(day, int) and isinstance(spent, int) and spent >= 0:
+                self._day, self._spent = day, spent
+            quotas = snap.get("quotas")
+            for name, q in quotas.items() if isinstance(quotas, Mapping) else ():
+                mine = self._quotas.get(name)
+                if mine is None or not isinstance(q, Mapping):
+                    continue
+                windows, counts = q.get("windows"), q.get("counts")
+                if [tuple(p) for p in q.get("limits") or ()] != list(mine.limits):
+                    continue
+                if not (isinstance(windows, list) and isinstance(counts, list)):
+                    continue
+                if len(windows) != len(mine.limits) or len(counts) != len(mine.limits):
+                    continue
+                if not all(isinstance(v, int) and v >= -1 for v in windows):
+                    continue
+                if not all(isinstance(v, int) and v >= 0 for v in counts):
+                    continue
+                mine.windows, mine.counts = list(windows), list(counts)
+                restored += 1
+        return restored

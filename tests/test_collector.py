@@ -246,3 +246,27 @@ def test_collected_frames_and_the_drift_strategy(tmp_path: Path) -> None:
     t3 = collector._recent[0][0]
     assert len(collector.collected_frames(t3, t3 + 10)) == 2
     assert collector.collected_frames(0, t3 - 1) == []
+
+
+def test_quota_counts_survive_a_restart_for_unchanged_strategies(tmp_path: Path) -> None:
+    clock = Clock()
+    quota = tmp_path / "sampling-quota.json"
+    policy = SamplingPolicy(strategies=(every("daily", per_day=3),), dedup_bits=0)
+    collector, spool = make(tmp_path, policy, clock, lossless=True, quota_file=quota)
+    collector.start()
+    for i in range(5):
+        clock.t += 1
+        collector.write(Frame(i, clock.t, scene(i)), detections(), Model())
+    assert collector.drain()
+    collector.stop()
+    spool.close()
+    assert collector.kept == 3 and quota.exists()
+    again, spool2 = make(tmp_path, policy, clock, lossless=True, quota_file=quota)
+    assert again.sampler.select(detections()) is None  # the day's 3 were kept before the restart
+    spool2.close()
+    changed = SamplingPolicy(strategies=(every("daily", per_day=4),), dedup_bits=0)
+    fresh, spool3 = make(tmp_path, changed, clock, quota_file=quota)
+    assert fresh.sampler.select(detections()) == "daily"  # another quota: counted afresh
+    spool3.close()
+    quota.write_text("{broken")
+    make(tmp_path, policy, clock, quota_file=quota)[1].close()  # ignored, with a warning
