@@ -171,6 +171,12 @@ def test_uploads_oldest_first_and_counts(spool: Spool, stopper: list[Uploader]) 
     assert (up.uploaded, up.uploaded_bytes, up.attempts) == (3, sizes, 3)
     assert st["last_upload_at"] is not None and st["last_error"] is None and st["schedule"] == "always"
     assert spool.status()["items"] == 0
+    assert set(st) == {
+        "state", "uploaded", "uploaded_bytes", "attempts", "failures", "parked", "quarantined",
+        "in_flight", "next_attempt_in_s", "last_error", "last_error_at", "last_upload_at",
+        "schedule", "target",
+    }  # fmt: skip
+    assert set(st["failures"]) >= {"unavailable", "credentials", "refused", "corrupt", "error"}
     up.stop()
     assert up.status()["state"] == "stopped"
 
@@ -209,6 +215,27 @@ def test_backoff_doubles_with_equal_jitter_and_honours_retry_after(
     text = caplog.text
     assert text.count("uploads paused") == 1  # rate-limited: the first failure, then once a minute
     assert "uploads resumed after 4 failed attempt(s)" in text
+
+
+def test_unavailability_is_logged_once_a_minute_with_the_count(
+    spool: Spool, stopper: list[Uploader], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "monitoring.uploader")
+    fill(spool, 1)
+    clock = Clock(0.0)
+    target = FakeTarget([UploadUnavailable(f"HTTP 503 #{i}", retry_after=25.0) for i in range(4)])
+    up = make(spool, target, stopper, concurrency=1, clock=clock).start()
+    for n in range(1, 5):  # failures at 0, 25, 50, 75 s
+        settle(up, done(n))
+        clock.now += 25.0
+        up.wake()
+    assert up.drain(WAIT_S)
+    lines = [r.getMessage() for r in caplog.records if r.name == "monitoring.uploader"]
+    assert lines == [
+        "uploads paused 25.0 s: HTTP 503 #0",
+        "uploads still failing: 3 failure(s) in the last minute; last: HTTP 503 #3",
+        "uploads resumed after 4 failed attempt(s)",
+    ]
 
 
 def test_failures_together_double_the_backoff_once(spool: Spool, stopper: list[Uploader]) -> None:
