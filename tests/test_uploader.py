@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -700,3 +705,53 @@ def test_s3_rotated_credentials_resume_the_uploads(
         f"fleet-a/cam-1/2023-11-14/{sha}.jpg" for sha in shas
     )
     up.stop()
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from monitoring.spool import Spool
+from monitoring.upload_target import HttpTarget
+from monitoring.uploader import Uploader
+
+spool = Spool(Path(sys.argv[1]), max_bytes=1 << 24, max_items=1000)
+target = HttpTarget(sys.argv[2] + "/f/{sha256}.jpg")
+Uploader(spool, target, device="cam-1", concurrency=2, retry_min_s=0.05, retry_max_s=0.5).start().drain(120)
+"""
+
+
+def test_a_sigkill_during_uploads_then_a_restart_loses_and_duplicates_nothing(
+    tmp_path: Path, upload_server: UploadServer
+) -> None:
+    root = tmp_path / "spool"
+    with Spool(root, max_bytes=1 << 24, max_items=1000, clock=SpoolClock()) as spool:
+        shas = fill(spool, 40)
+    upload_server.configure(delay_s=0.05)  # uploads are in flight when the kill comes
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(root), upload_server.url], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(upload_server.stats()["stored_keys"]) < 8:  # a bounded wait for progress
+            assert child.poll() is None and time.monotonic() < deadline, "the child made no progress"
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    upload_server.configure()
+    with Spool(root, max_bytes=1 << 24, max_items=1000) as spool:
+        assert spool.last_repair["quarantined"] == []
+        left = spool.status()["items"]
+        assert 0 < left < 40  # killed half-way
+        target = HttpTarget(upload_server.url + "/f/{sha256}.jpg")
+        up = Uploader(spool, target, device="cam-1", retry_min_s=0.05, retry_max_s=0.5).start()
+        try:
+            assert up.drain(60.0), up.status()
+        finally:
+            up.stop()
+            target.close()
+        assert spool.status()["items"] == 0 and up.uploaded == left
+    stored = upload_server.stored()
+    assert sorted(stored) == sorted(shas)  # nothing lost, no key that was not spooled
+    for i, sha in enumerate(shas):  # each item once: its JPEG and its sidecar, nothing else
+        assert stored[sha] == {f"/f/{sha}.jpg": frame(i), f"/f/{sha}.json": stored[sha][f"/f/{sha}.json"]}
+        assert json.loads(stored[sha][f"/f/{sha}.json"])["sha256"] == sha
