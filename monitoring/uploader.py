@@ -233,11 +233,12 @@ class Uploader:
     def _state(self, now: float) -> str:
         if not self._running or self._stopping:
             return "stopped"
-        if self._pause_kind == "credentials":
+        paused = self._pause_until is not None and now < self._pause_until
+        if paused and self._pause_kind == "credentials":
             return "credentials_rejected"
-        if self._pause_kind == "refused":
+        if paused and self._pause_kind == "refused":
             return "target_refused"
-        if self._pause_kind is not None:
+        if paused:
             return "backing_off"
         if self._in_flight:
             return "uploading"
@@ -365,6 +366,9 @@ class Uploader:
     def _over(self, generation: int) -> bool:
         return self._stopping or generation != self._generation
 
+    def _bug_delay(self, bugs: int) -> float:
+        return min(self.retry_max_s, self.retry_min_s * 2.0 ** (bugs - 1))
+
     def _run(self, generation: int) -> None:
         not_before = 0.0  # this worker's own back-off after a bug
         bugs = 0
@@ -384,6 +388,12 @@ class Uploader:
                             log.warning("uploads: cannot read the spool: %s", err)
                             self._pause(epoch, "spool")
                             continue
+                        except Exception:
+                            log.exception("uploads: a bug while listing the spool; this worker backs off")
+                            self._error("error", "internal error while listing the spool (see the log)")
+                            bugs += 1
+                            not_before = self._clock() + self._bug_delay(bugs)
+                            continue
                         if item is not None:
                             break
                         if self._flushing and not self._in_flight:  # the spool was emptied
@@ -401,7 +411,7 @@ class Uploader:
                 with self._cond:
                     self._error("error", f"internal error while uploading {item.sha256} (see the log)")
                     bugs += 1
-                    not_before = self._clock() + min(self.retry_max_s, self.retry_min_s * 2.0 ** (bugs - 1))
+                    not_before = self._clock() + self._bug_delay(bugs)
             finally:
                 with self._cond:
                     self._in_flight.discard(item.sha256)

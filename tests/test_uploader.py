@@ -509,8 +509,12 @@ class FlakySpool(Spool):
     """A spool whose listing fails ``fail`` times (a disk error, as the spool translates it)."""
 
     fail = 0
+    bug = 0
 
     def pending(self, limit: int = 100) -> list[SpoolItem]:
+        if self.bug:
+            self.bug -= 1
+            raise RuntimeError("a bug in the listing")
         if self.fail:
             self.fail -= 1
             raise TransientError(f"I/O error while listing the spool under {self.root}: EIO; check the disk")
@@ -529,6 +533,24 @@ def test_a_spool_error_backs_off_like_unavailable(tmp_path: Path, stopper: list[
     assert st["state"] == "backing_off" and 2.0 <= st["next_attempt_in_s"] <= 4.0
     assert "I/O error" in st["last_error"] and target.calls == []
     clock.now += st["next_attempt_in_s"]
+    up.wake()
+    assert up.drain(WAIT_S) and target.stored == [sha]
+    up.stop()
+    flaky.close()
+
+
+def test_a_bug_while_listing_the_spool_is_counted_and_the_worker_survives(
+    tmp_path: Path, stopper: list[Uploader], caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = FlakySpool(tmp_path / "spool", max_bytes=1 << 20, max_items=100, clock=SpoolClock())
+    (sha,) = fill(flaky, 1)
+    flaky.bug = 1
+    clock = Clock()
+    target = FakeTarget()
+    up = make(flaky, target, stopper, concurrency=1, retry_min_s=3.0, clock=clock).start()
+    st = settle(up, lambda st: st["failures"]["error"] == 1)
+    assert "listing the spool" in st["last_error"] and "a bug in the listing" in caplog.text
+    clock.now += 3.0
     up.wake()
     assert up.drain(WAIT_S) and target.stored == [sha]
     up.stop()
