@@ -579,7 +579,15 @@ def _size(value: Any, where: str) -> int:
 
 def _schedule(value: Any, where: str) -> str:
     text = _str(value, where)
-    return text if text == "always" else _window(text, where)
+    if text == "always":
+        return text
+    try:
+        return _window(text, where)
+    except ConfigError:
+        raise ConfigError(
+            f"{where}: {text!r}: give \"always\" or a daily window HH:MM-HH:MM (local time), "
+            "e.g. \"01:00-05:00\""
+        ) from None
 
 
 def _upload_method(value: Any, where: str) -> str:

@@ -293,14 +293,8 @@ class Collector:
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued frame has been handled (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
+            return self._cond.wait_for(lambda: not (self._queue or self._busy), timeout)
 
     def _alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping

@@ -316,14 +316,8 @@ class DriftMonitor:
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued sample has been processed (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
+            return self._cond.wait_for(lambda: not (self._queue or self._busy), timeout)
 
     _busy = False
 

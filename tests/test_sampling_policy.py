@@ -14,32 +14,14 @@ from monitoring.sampling_policy import (
     parse_seconds,
     parse_size,
 )
+from tests.test_config_collection import ISSUE_TOML
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-EXAMPLE = """
-[sampling]
-dedup_bits = 6                  # frames closer than this Hamming distance are the same
-dedup_window = "10m"
-
-[[sampling.strategies]]
-name = "unsure"
-kind = "uncertain"              # uncertain | random | classes | count | drift
-measure = "confidence"          # confidence | margin | entropy
-low = 0.3
-high = 0.6
-per_minute = 10
-per_hour = 100
-per_day = 1000
-
-[[sampling.strategies]]
-name = "audit"
-kind = "random"
-share = 0.001
-"""
+EXAMPLE = ISSUE_TOML  # the issue's config as written; only its [sampling] table is read here
 
 
 def test_the_documented_example_parses() -> None:
