@@ -38,7 +38,7 @@ from benchmarks.common import (
     write_text,
 )
 
-ORDER = ("pipeline", "bench_vs_plain", "hot_swap", "ota", "monitoring", "upload")
+ORDER = ("pipeline", "bench_vs_plain", "hot_swap", "ota", "monitoring", "collection", "upload")
 NOT_BENCHMARKS = {"common", "__main__"}
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BEGIN, END = "<!-- results:begin (written by python -m benchmarks) -->", "<!-- results:end -->"
