@@ -281,7 +281,7 @@ def worker_cost(runs: int, folder: Path, url: str) -> dict[str, Any]:
         with Spool(folder / f"spool-worker-{size}", max_bytes=SPOOL_MAX_BYTES, max_items=100_000) as spool:
             for i in range(runs):
                 image = images[i % len(images)].copy()
-                image[0, 0] = (i & 255, (i >> 8) & 255, 7)  # every JPEG its own bytes: a real put
+                image[:16, :16] = (i & 255, (i >> 8) & 255, 7)  # every JPEG its own bytes: a real put
                 t0 = time.perf_counter()
                 small, _ = _shrink(image, policy.max_side)
                 t1 = time.perf_counter()
@@ -297,6 +297,8 @@ def worker_cost(runs: int, folder: Path, url: str) -> dict[str, Any]:
                     stages[k].append((b - a) * 1000)
                 sizes.append(len(buf))
                 last = (buf.tobytes(), item.sha256)
+            if spool.status()["items"] != runs:
+                raise RuntimeError(f"{size}: {runs} puts made {spool.status()['items']} spool items")
         out[size] = {f"{k}_ms": round(median(v), 3) for k, v in stages.items()}
         out[size]["jpeg_kb"] = round(median(sizes) / 1000, 1)
     assert last is not None
