@@ -140,7 +140,9 @@ class Uploader:
         self._clock = clock
         self._local_now = local_now
         self._rng = rng if rng is not None else random.Random()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the workers wait on this
+        self._drained = threading.Condition(lock)  # drain() waits on this: an idle worker wakes it alone
         self._threads: list[threading.Thread] = []
         self._in_flight: set[str] = set()
         self._running = False
@@ -192,6 +194,7 @@ class Uploader:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._drained.notify_all()
         deadline = time.monotonic() + timeout
         left = 0
         for t in self._threads:
@@ -226,7 +229,7 @@ class Uploader:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._drained.wait(left)
 
     # ------------------------------------------------------------------ status
 
@@ -398,7 +401,9 @@ class Uploader:
                             break
                         if self._flushing and not self._in_flight:  # the spool was emptied
                             self._flushing = False
-                        self._cond.notify_all()  # drain() waits for this
+                        # drain() waits for this; notifying the workers' condition here made two
+                        # idle workers wake each other in a loop (thousands of spool queries a second)
+                        self._drained.notify_all()
                         wait = IDLE_RECHECK_S
                     self._cond.wait(wait)
                 if self._over(generation) or item is None:
@@ -416,6 +421,7 @@ class Uploader:
                 with self._cond:
                     self._in_flight.discard(item.sha256)
                     self._cond.notify_all()
+                    self._drained.notify_all()
 
     def _read(self, item: SpoolItem) -> tuple[bytes, dict[str, Any]]:
         try:

@@ -777,3 +777,26 @@ def test_a_sigkill_during_uploads_then_a_restart_loses_and_duplicates_nothing(
     for i, sha in enumerate(shas):  # each item once: its JPEG and its sidecar, nothing else
         assert stored[sha] == {f"/f/{sha}.jpg": frame(i), f"/f/{sha}.json": stored[sha][f"/f/{sha}.json"]}
         assert json.loads(stored[sha][f"/f/{sha}.json"])["sha256"] == sha
+
+
+def test_idle_workers_wait_instead_of_waking_each_other(spool: Spool, stopper: list[Uploader]) -> None:
+    """Two idle workers once woke each other in a loop (27 000 spool queries a second,
+    benchmarks/collection.py): an idle worker now wakes drain() alone. With that defect the
+    storm below is reached in milliseconds on any machine."""
+    calls: list[int] = []
+    looked, storm = threading.Event(), threading.Event()
+    real = spool.pending
+
+    def counting(limit: int = 100) -> list[Any]:
+        calls.append(limit)
+        if len(calls) >= 2:
+            looked.set()
+        if len(calls) >= 50:
+            storm.set()
+        return real(limit)
+
+    spool.pending = counting  # type: ignore[method-assign]
+    up = make(spool, FakeTarget(), stopper, concurrency=2).start()
+    assert looked.wait(WAIT_S)  # both workers looked once and found nothing
+    assert up.drain(WAIT_S)  # drain() is still woken
+    assert not storm.wait(1.0), f"{len(calls)} spool queries from two idle workers"
