@@ -139,6 +139,7 @@ def _offline_flush(args: argparse.Namespace, target: Target, err: AgentNotRunnin
         return 1
     print(f"edge-agent: no agent answers: uploading {_spool_dir(target)} myself", file=sys.stderr)
     spool = open_spool(cfg, target.state_dir)
+    spool.unpark()  # the target may have been fixed since the server refused them
     uploader = make_uploader(cfg, spool, cfg.mqtt.device_id or default_device_id())
     deadline = time.monotonic() + args.timeout
     try:

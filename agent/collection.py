@@ -165,4 +165,7 @@ class Collection:
         }
 
     def close(self) -> None:
+        """After the services stopped: the upload target's connections, then the spool."""
+        if self.uploader is not None:
+            self.uploader.target.close()
         self.spool.close()

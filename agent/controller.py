@@ -111,9 +111,11 @@ class DaemonController:
         if action == "flush":
             if c.uploader is None:
                 raise RequestError("no [upload] url is set: the frames stay in the spool", 409)
+            unparked = c.spool.unpark()
             c.uploader.flush()
-            log.info("control: spool flush requested")
-            return {"message": "uploading now, ignoring the schedule and any back-off", **c.status()}
+            log.info("control: spool flush requested (%d parked item(s) offered again)", unparked)
+            note = f"; {unparked} parked frame(s) offered again" if unparked else ""
+            return {"message": f"uploading now, ignoring the schedule and any back-off{note}", **c.status()}
         if action == "purge":
             n = c.spool.purge()
             log.warning("control: spool purged: %d item(s) deleted", n)

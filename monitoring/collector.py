@@ -257,7 +257,11 @@ class Collector:
                         f"the sampling policy could not be saved to {self.policy_file.path}: "
                         f"{exc.strerror or exc}; it was not applied"
                     ) from None
-            self._active = self._make(policy, f"fleet job {job_id}")
+            old_sampler = self.sampler
+            active = self._make(policy, f"fleet job {job_id}")
+            # the same strategies keep what they took today: re-sending a policy resets nothing
+            active[1].restore(old_sampler.snapshot())
+            self._active = active
         names = ", ".join(s.name for s in policy.strategies)
         log.info("sampling policy from fleet job %s: %s", job_id, names)
         return f"sampling policy set: {len(policy.strategies)} strategy(ies): {names}"
@@ -418,7 +422,11 @@ class Collector:
             log.warning("sampling quota counts in %s cannot be read (%s); starting them afresh", path, exc)
             return
         if isinstance(snap, dict):
-            n = self.sampler.restore(snap)
+            try:
+                n = self.sampler.restore(snap)
+            except (TypeError, ValueError, AttributeError) as exc:  # our own file, but edited or cut
+                log.warning("sampling quota counts in %s are malformed (%s); starting them afresh", path, exc)
+                return
             if n:
                 log.info("sampling quota counts of %d strategy(ies) taken back from %s", n, path)
 

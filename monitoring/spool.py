@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -64,10 +65,15 @@ from monitoring.metrics_store import translate
 log = logging.getLogger(__name__)
 
 DB_NAME = "spool.db"
+LOCK_NAME = ".lock"  # flock'ed by the one process that has the spool open
 QUARANTINE = "quarantine"
 COUNTERS = ("dropped", "refused", "quarantined")
 _NAME = re.compile(r"^([0-9a-f]{64})\.(jpg|json)$")
 _COLUMNS = "sha256, spooled_at, bytes, strategy, parked, reason, parked_at"
+
+
+class SpoolBusy(TransientError):
+    """Another process has the spool open."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,25 @@ class Spool:
         db_path = self.root / DB_NAME
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise _os_error(exc, self.root, "creating the spool folder") from None
+        try:  # one process at a time: a second one's repair would delete the first one's puts
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise SpoolBusy(
+                f"the spool {self.root} is in use by another process (a running agent?); ask it through "
+                "its control API (edge-agent spool ... --state-dir), or stop it first"
+            ) from None
+        try:
+            self._open(db_path, busy_timeout)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise
+
+    def _open(self, db_path: Path, busy_timeout: float) -> None:
         try:
             conn = sqlite3.connect(str(db_path), check_same_thread=False, timeout=busy_timeout)
             self.db = sqlite_utils.Database(conn)
@@ -318,17 +341,30 @@ class Spool:
         return True
 
     def purge(self) -> int:
-        """Remove every item, parked ones too (``quarantine/`` is left alone); returns how many."""
+        """Remove every item, parked ones too (``quarantine/`` is left alone); returns how many.
+        Every sidecar goes first, then every JPEG, one fsync of the folder, then the rows in one
+        transaction: quick on an SD card, and a cut anywhere leaves what ``repair`` removes."""
         with self._lock:
             with self._sql("listing the spool") as conn:
                 shas = [r[0] for r in conn.execute("SELECT sha256 FROM items")]
             try:
-                with self._sql("purging the spool") as conn:
+                for ext in ("json", "jpg"):
                     for sha in shas:
-                        self._remove(conn, sha)
+                        (self.root / f"{sha}.{ext}").unlink(missing_ok=True)
+                self.fs.fsync_dir(self.root)
             except OSError as exc:
                 raise _os_error(exc, self.root, "purging the spool") from None
+            with self._sql("purging the spool") as conn:
+                conn.executemany("DELETE FROM items WHERE sha256 = ?", [(sha,) for sha in shas])
             return len(shas)
+
+    def unpark(self) -> int:
+        """Offer every parked item for upload again (after the target was fixed); returns how many."""
+        with self._lock, self._sql("unparking spooled frames") as conn:
+            cur = conn.execute(
+                "UPDATE items SET parked = 0, reason = NULL, parked_at = NULL WHERE parked = 1"
+            )
+            return cur.rowcount
 
     # ------------------------------------------------------------------ reading
 
@@ -463,6 +499,9 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self.db.conn.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = -1
 
     def __enter__(self) -> Spool:
         return self

@@ -162,6 +162,7 @@ class Uploader:
         self._failed_total = 0  # failures since the last success (for "uploads resumed")
         self.uploaded = 0
         self.uploaded_bytes = 0
+        self.uploaded_stale = 0  # sent, but dropped or purged from the spool meanwhile (not counted above)
         self.attempts = 0
         self.parked = 0
         self.quarantined = 0
@@ -262,6 +263,7 @@ class Uploader:
                 "state": state,
                 "uploaded": self.uploaded,
                 "uploaded_bytes": self.uploaded_bytes,
+                "uploaded_stale": self.uploaded_stale,
                 "attempts": self.attempts,
                 "failures": dict(self.failures),
                 "parked": self.parked,
@@ -471,10 +473,14 @@ class Uploader:
             if self._stopping:
                 return  # left pending: the spool may already be closed
         try:
-            self.spool.mark_uploaded(sha)
-        except TransientError as err:
+            removed = self.spool.mark_uploaded(sha)
+        except TransientError as err:  # uploaded again later, over itself (content-keyed)
             self._unavailable(epoch, "spool", f"uploaded {sha} but could not remove it: {err}", None)
+            return
         with self._cond:
+            if not removed:  # dropped over the quota or purged while in flight: counted there
+                self.uploaded_stale += 1
+                return
             self.uploaded += 1
             self.uploaded_bytes += item.bytes
             self.last_upload_at = self._wall()

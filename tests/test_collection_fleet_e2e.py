@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.control import socket_path
 from ota.protocol import parse_telemetry
-from tests.fixtures.agent import start_agent, stop_agent, wait_for
+from tests.fixtures.agent import run_agent, start_agent, stop_agent, wait_for
 from tests.fixtures.fleet import Keys, fleet_cli, state_dir_for
 from tests.fixtures.mosquitto import Mosquitto, Subscriber, free_port
 
@@ -83,6 +83,15 @@ def test_over_the_quota_the_oldest_go_counted_in_telemetry_and_metrics_and_the_l
         assert m["edge_agent_spool_items"] == 5  # the quota holds
         status = _get(state, "/status")
         spool = _get(state, "/spool")
+        # the spool commands ask the running agent
+        shown = run_agent(["spool", "status", "--state-dir", str(state)], tmp_path)
+        assert shown.returncode == 0 and "dropped over the quota" in shown.stdout, shown.stderr
+        assert "upload    off" in shown.stdout
+        flush = run_agent(["spool", "flush", "--state-dir", str(state)], tmp_path)
+        assert flush.returncode == 1 and "no [upload] url" in flush.stderr
+        purge = run_agent(["spool", "purge", "--state-dir", str(state)], tmp_path)
+        assert purge.returncode == 0 and "5 spooled frame(s) deleted" in purge.stdout, purge.stderr
+        assert _get(state, "/spool")["spool"]["items"] == 0
     finally:
         stop_agent(proc)
         feed.close()

@@ -270,3 +270,19 @@ def test_quota_counts_survive_a_restart_for_unchanged_strategies(tmp_path: Path)
     spool3.close()
     quota.write_text("{broken")
     make(tmp_path, policy, clock, quota_file=quota)[1].close()  # ignored, with a warning
+
+
+def test_resending_a_policy_keeps_today_s_counts_and_bad_quota_files_are_ignored(tmp_path: Path) -> None:
+    clock = Clock()
+    table = {"dedup_bits": 0, "strategies": [{"name": "d", "kind": "random", "share": 1.0, "per_day": 2}]}
+    collector, _ = make(tmp_path, SamplingPolicy(), clock)
+    collector.set_policy(table, job_id="j1")
+    assert collector.sampler.select(detections()) == "d"
+    assert collector.sampler.select(detections()) == "d"
+    collector.set_policy(table, job_id="j2")  # the same policy again: the day's 2 are spent
+    assert collector.sampler.select(detections()) is None
+    quota = tmp_path / "q.json"
+    quota.write_text(json.dumps({"quotas": {"d": {"limits": 5, "windows": [], "counts": []}}}))
+    spool2 = Spool(tmp_path / "spool2", max_bytes=10**6, max_items=10, clock=clock)
+    Collector(SamplingPolicy(), spool2, device="d", clock=clock, quota_file=quota)  # ignored, logged
+    spool2.close()

@@ -68,7 +68,12 @@ def consistent(root: Path) -> set[str]:
     with open_spool(root, max_bytes=1 << 30, max_items=10**6) as spool:
         rows = {r[0] for r in spool.db.conn.execute("SELECT sha256 FROM items")}
         st = spool.status()
-    names = {p.name for p in root.iterdir() if p.is_file()} - {DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"}
+    names = {p.name for p in root.iterdir() if p.is_file()} - {
+        DB_NAME,
+        f"{DB_NAME}-wal",
+        f"{DB_NAME}-shm",
+        ".lock",
+    }
     assert not [n for n in names if n.endswith(".tmp")]
     files = {n.split(".")[0] for n in names}
     assert {f"{s}.jpg" for s in files} | {f"{s}.json" for s in files} == names
@@ -382,3 +387,23 @@ def test_a_removal_whose_folder_fsync_fails_leaves_no_row_behind(tmp_path: Path)
     assert [i.jpeg_path.exists() for i in spool.pending(10)] == [True]
     spool.close()
     assert len(consistent(tmp_path)) == 1
+
+
+def test_a_second_process_cannot_open_the_spool(tmp_path: Path) -> None:
+    """Its repair would delete the first one's puts in progress: one holder at a time (flock)."""
+    from monitoring.spool import SpoolBusy
+
+    first = open_spool(tmp_path / "spool")
+    with pytest.raises(SpoolBusy, match="in use by another process"):
+        open_spool(tmp_path / "spool")
+    first.close()
+    open_spool(tmp_path / "spool").close()
+
+
+def test_unpark_offers_parked_items_again(tmp_path: Path) -> None:
+    with open_spool(tmp_path / "spool") as spool:
+        a = spool.put(jpeg(1), {"strategy": "s"})
+        assert a is not None and spool.park(a.sha256, "HTTP 404 not found")
+        assert spool.pending() == []
+        assert spool.unpark() == 1
+        assert [i.sha256 for i in spool.pending()] == [a.sha256] and not spool.pending()[0].parked

@@ -177,7 +177,8 @@ def test_uploads_oldest_first_and_counts(spool: Spool, stopper: list[Uploader]) 
     assert st["last_upload_at"] is not None and st["last_error"] is None and st["schedule"] == "always"
     assert spool.status()["items"] == 0
     assert set(st) == {
-        "state", "uploaded", "uploaded_bytes", "attempts", "failures", "parked", "quarantined",
+        "state", "uploaded", "uploaded_bytes", "uploaded_stale", "attempts", "failures", "parked",
+        "quarantined",
         "in_flight", "next_attempt_in_s", "last_error", "last_error_at", "last_upload_at",
         "schedule", "target",
     }  # fmt: skip
