@@ -585,8 +585,7 @@ def _schedule(value: Any, where: str) -> str:
         return _window(text, where)
     except ConfigError:
         raise ConfigError(
-            f"{where}: {text!r}: give \"always\" or a daily window HH:MM-HH:MM (local time), "
-            "e.g. \"01:00-05:00\""
+            f'{where}: {text!r}: give "always" or a daily window HH:MM-HH:MM (local time), e.g. "01:00-05:00"'
         ) from None
 
 

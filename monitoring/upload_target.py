@@ -469,4 +469,3 @@ def make_target(
     return HttpTarget(
         url, method=method, token_file=token_file, transport=transport, io_timeout_s=timeout_s, clock=clock
     )
-
