@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from inference.errors import ConfigError
 from monitoring.collector import QUOTA_FILE, Collector, PolicyFile
 from monitoring.prometheus import CollectionMetrics
 from monitoring.spool import Spool
@@ -84,7 +85,17 @@ class Collection:
         spool = open_spool(config, state_dir)
         pfile = PolicyFile(state_dir)
         policy, origin = config.sampling, "config"
-        saved = pfile.load()
+        try:
+            saved = pfile.load()
+        except ConfigError as err:  # a bad file never stops the camera: set aside, the config's policy
+            bad = pfile.path.with_name(pfile.path.name + ".bad")
+            try:
+                pfile.path.replace(bad)
+            except OSError as exc:
+                log.error("%s; and it could not be moved aside: %s", err, exc.strerror)
+            else:
+                log.error("%s; moved to %s, the config's [sampling] is in force", err, bad)
+            saved = None
         if saved is not None:
             policy, job = saved
             origin = f"fleet job {job}"
@@ -149,19 +160,19 @@ class Collection:
         )
 
     def telemetry(self) -> dict[str, int]:
-        """The counters a telemetry message carries (``spool`` in docs/protocol.md)."""
-        s = self.spool.status()
-        up = self.uploader
+        """The counters a telemetry message carries (``spool`` in docs/protocol.md): the same
+        figures as ``/metrics``."""
+        m = self.metrics()
         return {
-            "kept": self.collector.kept,
-            "duplicates": self.collector.duplicates,
-            "pending": s["pending"],
-            "bytes": s["bytes"],
-            "parked": s["parked"],
-            "dropped": s["dropped"],
-            "refused": s["refused"],
-            "quarantined": s["quarantined"],
-            "uploaded": up.uploaded if up is not None else 0,
+            "kept": sum(m.kept.values()),
+            "duplicates": m.duplicates,
+            "pending": m.spool_pending,
+            "bytes": m.spool_bytes,
+            "parked": m.spool_parked,
+            "dropped": m.spool_dropped,
+            "refused": m.spool_refused,
+            "quarantined": m.spool_quarantined,
+            "uploaded": m.uploaded,
         }
 
     def close(self) -> None:

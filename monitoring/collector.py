@@ -33,6 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,17 @@ MAX_CAPTURE = 1000
 MAX_RECENT = 4096  # kept frames remembered for collected_frames
 MAX_PRELABELS = 100  # detections or classes written in a sidecar
 LOG_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The policy in force and what is made from it; replaced whole between two frames."""
+
+    policy: SamplingPolicy
+    sampler: Sampler
+    dedup: RecentHashes
+    origin: str  # "config" or "fleet job <id>"
+    has_drift: bool  # a drift strategy: only then is the drift monitor asked, once a frame
 
 
 class PolicyFile:
@@ -189,18 +201,22 @@ class Collector:
         self._thread: threading.Thread | None = None
         self._log_at: dict[str, float] = {}
 
-    def _make(self, policy: SamplingPolicy, origin: str) -> tuple[SamplingPolicy, Sampler, RecentHashes, str]:
-        sampler = Sampler(policy.strategies, rng=self._rng, clock=self.clock, daily_bytes=policy.daily_bytes)
-        dedup = RecentHashes(policy.dedup_bits, policy.dedup_window_s, self.clock)
-        return policy, sampler, dedup, origin
+    def _make(self, policy: SamplingPolicy, origin: str) -> _Active:
+        return _Active(
+            policy,
+            Sampler(policy.strategies, rng=self._rng, clock=self.clock, daily_bytes=policy.daily_bytes),
+            RecentHashes(policy.dedup_bits, policy.dedup_window_s, self.clock),
+            origin,
+            self.drifted is not None and any(s.kind == "drift" for s in policy.strategies),
+        )
 
     @property
     def policy(self) -> SamplingPolicy:
-        return self._active[0]
+        return self._active.policy
 
     @property
     def sampler(self) -> Sampler:
-        return self._active[1]
+        return self._active.sampler
 
     # ------------------------------------------------------------------ results thread (a sink)
 
@@ -208,13 +224,14 @@ class Collector:
         """Decide (O(1) per strategy) and hand a taken frame to the worker; never waits unless
         the source is ``lossless``."""
         self.frames += 1
-        policy, sampler, _, _ = active = self._active
+        active = self._active
+        policy, sampler = active.policy, active.sampler
         name: str | None
         if self._capture_left > 0 and self._take_capture():
             name = CAPTURE
         else:
-            has_drift = self.drifted is not None and any(s.kind == "drift" for s in policy.strategies)
-            name = sampler.select(result, drifted=bool(has_drift and self.drifted and self.drifted()))
+            drifted = active.has_drift and self.drifted is not None and self.drifted()
+            name = sampler.select(result, drifted=drifted)
             if name is None:
                 return
         with self._cond:
@@ -260,7 +277,7 @@ class Collector:
             old_sampler = self.sampler
             active = self._make(policy, f"fleet job {job_id}")
             # the same strategies keep what they took today: re-sending a policy resets nothing
-            active[1].restore(old_sampler.snapshot())
+            active.sampler.restore(old_sampler.snapshot())
             self._active = active
         names = ", ".join(s.name for s in policy.strategies)
         log.info("sampling policy from fleet job %s: %s", job_id, names)
@@ -327,8 +344,8 @@ class Collector:
 
     # ------------------------------------------------------------------ worker thread
 
-    def _keep(self, frame: Any, result: Result, model: Any, name: str, active: tuple[Any, ...]) -> None:
-        policy, sampler, dedup, _ = active
+    def _keep(self, frame: Any, result: Result, model: Any, name: str, active: _Active) -> None:
+        policy, sampler, dedup = active.policy, active.sampler, active.dedup
         capture = name == CAPTURE
         image, scale = _shrink(frame.image, policy.max_side)
         h = phash64(image)
@@ -457,9 +474,10 @@ class Collector:
         return [sha for ts, sha in list(self._recent) if t0 <= ts <= t1]
 
     def status(self) -> dict[str, Any]:
-        policy, sampler, _, origin = self._active
+        active = self._active
+        policy, sampler = active.policy, active.sampler
         return {
-            "policy": origin,
+            "policy": active.origin,
             "strategies": [s.name for s in policy.strategies],
             "frames": self.frames,
             "taken": dict(sampler.taken),

@@ -60,6 +60,13 @@ def _done(state: Path) -> bool:
     return bool(s) and s["sampling"]["kept"] == QUOTA and s["spool"]["items"] == 0
 
 
+def _down_half_done(state: Path) -> bool:
+    """Half the frames kept while the server is down, and attempts failed meanwhile."""
+    s = _spool(state)
+    failed = s.get("upload", {}).get("failures", {}).get("unavailable", 0)
+    return bool(s) and failed >= 2 and s["sampling"]["kept"] >= QUOTA // 2
+
+
 def _kept_shas(server_items: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
     """{sha256: jpeg} of what an HTTP server holds (each key's .jpg body)."""
     out = {}
@@ -79,12 +86,7 @@ def test_http_server_down_then_flaky_every_frame_lands_exactly_once(
     proc = _run(tmp_path, config, state)
     try:
         wait_for(
-            lambda: (
-                _spool(state).get("upload", {}).get("failures", {}).get("unavailable", 0) >= 2
-                and _spool(state)["sampling"]["kept"] >= QUOTA // 2
-            ),
-            60,
-            "frames spooled while the server is down, and failed attempts",
+            lambda: _down_half_done(state), 60, "frames spooled while the server is down, and failed attempts"
         )
         assert _spool(state)["spool"]["pending"] >= QUOTA // 2 - 1  # kept, not lost
         upload_server.configure(fail_rate=0.3, seed=3)
@@ -121,14 +123,7 @@ def test_s3_server_down_then_up_every_frame_lands_exactly_once(tmp_path: Path, m
     state = tmp_path / "state"
     proc = _run(tmp_path, config, state, "--device-id", "cam-7")
     try:
-        wait_for(
-            lambda: (
-                _spool(state).get("upload", {}).get("failures", {}).get("unavailable", 0) >= 2
-                and _spool(state)["sampling"]["kept"] >= QUOTA // 2
-            ),
-            60,
-            "frames spooled while S3 is down",
-        )
+        wait_for(lambda: _down_half_done(state), 60, "frames spooled while S3 is down")
         moto_late.start()
         wait_for(lambda: _done(state), 120, "every kept frame in S3 and the spool empty")
         final = _spool(state)

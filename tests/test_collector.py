@@ -286,3 +286,17 @@ def test_resending_a_policy_keeps_today_s_counts_and_bad_quota_files_are_ignored
     spool2 = Spool(tmp_path / "spool2", max_bytes=10**6, max_items=10, clock=clock)
     Collector(SamplingPolicy(), spool2, device="d", clock=clock, quota_file=quota)  # ignored, logged
     spool2.close()
+
+
+def test_a_bad_saved_policy_is_set_aside_and_the_config_s_serves(tmp_path: Path) -> None:
+    from agent.collection import Collection
+    from agent.config import Config
+
+    (tmp_path / "sampling-policy.json").write_text('{"sampling": {"strategies": "all"}}')
+    collection = Collection.build(Config(), tmp_path, device="cam-1", lossless=True)
+    try:
+        assert collection.collector.status()["policy"] == "config"
+        assert (tmp_path / "sampling-policy.json.bad").exists()
+        assert not (tmp_path / "sampling-policy.json").exists()
+    finally:
+        collection.close()
