@@ -37,7 +37,6 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,13 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.errors import BundleError
+from inference.protobuf_wire import Buffer
+from inference.protobuf_wire import Malformed as _Malformed
+from inference.protobuf_wire import fields as _fields
+from inference.protobuf_wire import text as _text
+from inference.protobuf_wire import varint as _varint
 
 QuantMap = dict[str, tuple[float, int]]
-Buffer = bytes | mmap.mmap
 
 MAX_MODEL_BYTES = 2**31  # a protobuf message cannot be larger
 _Span = tuple[int, int]  # [start, end) of a length-delimited field's payload
@@ -70,16 +73,6 @@ _TYPES: dict[int, tuple[str, str, int]] = {
     16: ("bfloat16", "<u2", 5),
 }
 _BFLOAT16 = 16
-_U64 = (1 << 64) - 1
-
-
-class _Malformed(Exception):
-    """The bytes are not a valid protobuf encoding (internal; becomes a ``BundleError``)."""
-
-    def __init__(self, detail: str, pos: int) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.pos = pos
 
 
 class _Unusable(Exception):
@@ -95,92 +88,6 @@ class OnnxQuant:
     outputs: QuantMap
     graph_inputs: tuple[str, ...]
     graph_outputs: tuple[str, ...]
-
-
-# -- the wire format ----------------------------------------------------------------------------
-
-
-def _varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
-    """One base-128 varint at ``pos`` (at most 10 bytes, kept to 64 bits): ``(value, next pos)``."""
-    if pos < end:
-        b = buf[pos]
-        if b < 0x80:
-            return b, pos + 1
-    result = 0
-    shift = 0
-    start = pos
-    while pos < end:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & _U64, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed("a varint longer than 10 bytes", start)
-    raise _Malformed("a varint cut short", start)
-
-
-def _skip_group(buf: Buffer, pos: int, end: int, number: int) -> int:
-    """Skip a (deprecated) group up to its matching end-group tag, with a stack, not recursion."""
-    stack = [number]
-    while stack:
-        key, pos = _varint(buf, pos, end)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(buf, pos, end)
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        elif wire == 2:
-            n, pos = _varint(buf, pos, end)
-            pos += n
-        elif wire == 3:
-            stack.append(num)
-        elif wire == 4:
-            if stack.pop() != num:
-                raise _Malformed(f"an end-group tag for field {num} inside another group", pos)
-        else:
-            raise _Malformed(f"wire type {wire}", pos)
-        if pos > end:
-            raise _Malformed("a group running past the end of its message", pos)
-    return pos
-
-
-def _fields(buf: Buffer, spans: list[_Span]) -> Iterator[tuple[int, int, int, int]]:
-    """The fields of one message, possibly given as several spans (a message field that occurs
-    more than once is merged, which is parsing the spans in order): ``(number, wire type, a, b)``
-    with ``a`` the value for a varint, else ``[a, b)`` the payload. Groups are skipped."""
-    for start, end in spans:
-        pos = start
-        while pos < end:
-            tag_at = pos
-            key, pos = _varint(buf, pos, end)
-            num, wire = key >> 3, key & 7
-            if num == 0 or key > 0xFFFFFFFF:
-                raise _Malformed(f"an invalid field tag {key}", tag_at)
-            if wire == 0:
-                value, pos = _varint(buf, pos, end)
-                yield num, 0, value, pos
-            elif wire == 2:
-                n, p = _varint(buf, pos, end)
-                if n > end - p:
-                    raise _Malformed(f"field {num} of {n} bytes running past the end of its message", tag_at)
-                pos = p + n
-                yield num, 2, p, pos
-            elif wire in (1, 5):
-                size = 8 if wire == 1 else 4
-                if size > end - pos:
-                    raise _Malformed(f"field {num} cut short", tag_at)
-                yield num, wire, pos, pos + size
-                pos += size
-            elif wire == 3:
-                pos = _skip_group(buf, pos, end, num)
-            else:
-                raise _Malformed(f"wire type {wire} (field {num})", tag_at)
-
-
-def _text(buf: Buffer, a: int, b: int) -> str:
-    return buf[a:b].decode("utf-8", "surrogateescape")
 
 
 def _signed(value: int, bits: int) -> int:
