@@ -13,9 +13,11 @@ preprocessing buffers and a LiteRT interpreter serve one call at a time).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,14 @@ import numpy.typing as npt
 from inference.bundle import Bundle, open_bundle
 from inference.decoders import Decoder, make_decoder
 from inference.errors import BundleError
+from inference.exporter_config import ExporterConfig, read_exporter_config
 from inference.geometry import Transform
-from inference.preprocess import InputSpec, Preprocessor, resolve_input_spec
+from inference.preprocess import DEFAULT_HW, InputSpec, Preprocessor, resolve_input_spec
 from inference.result import Result
 from inference.runtime import Runtime, RuntimeOptions, TensorInfo, load_runtime
 
 Array = npt.NDArray[Any]
+log = logging.getLogger(__name__)
 
 
 def _dequantiser(info: TensorInfo) -> tuple[float, float] | bool | None:
@@ -120,11 +124,20 @@ class LoadedModel:
 
 
 def load_model(
-    path: Path | Bundle, options: RuntimeOptions | None = None, runtime: str | None = None
+    path: Path | Bundle,
+    options: RuntimeOptions | None = None,
+    runtime: str | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Load a bundle folder, a bare ``.onnx`` / ``.tflite`` file or an opened ``Bundle``.
 
     ``runtime`` forces "onnx" or "tflite" (default: by the manifest's format / file suffix).
+    A bare file is configured from its exporter's metadata where it has any
+    (inference/exporter_config.py; logged). ``input_size`` (``--input-size HxW``) sets the
+    input's height and width over the manifest's, the metadata's and the default 640.
+    The model then runs once on a blank input of the chosen shape (the warm-up), so a shape it
+    cannot run at fails here, naming the fix, not on every frame.
     Raises ``BundleError`` (or ``VerificationError``) naming the file and what to do.
     """
     bundle = path if isinstance(path, Bundle) else open_bundle(Path(path), verify=True)
@@ -137,14 +150,96 @@ def load_model(
                 f"({', '.join(i.name for i in rt.inputs)}); edge-agent feeds one image input: "
                 "export the model with a single image input"
             )
-        spec = resolve_input_spec(bundle.manifest.input or None, rt.inputs[0], where)
+        inferred = None
+        if bundle.bare:
+            inferred = read_exporter_config(bundle.model_path, bundle.manifest.format, rt.inputs, rt.outputs)
+            if inferred is not None:
+                log.info("%s: %s", bundle.model_path, inferred.describe())
+                fields, _ = inferred.merge()
+                bundle = replace(bundle, manifest=replace(bundle.manifest, **fields))
+        m = bundle.manifest
+        chosen = _shape_origin(m.input, rt.inputs[0], input_size, inferred)
+        if input_size is not None and "shape" in m.input:
+            _log_size_override(where, m.input, input_size, inferred)
+        spec = resolve_input_spec(m.input or None, rt.inputs[0], where, size=input_size)
         pre = Preprocessor(spec, rt.inputs[0])
-        decoder = make_decoder(bundle.manifest.decoder, bundle.manifest.decoder_params, bundle.labels())
+        decoder = make_decoder(m.decoder, m.decoder_params, bundle.labels())
+        because = _because(inferred)
         try:
             decoder.check(list(rt.outputs))
         except BundleError as exc:
-            raise BundleError(f"{where}: {exc}") from exc
+            raise BundleError(f"{where}: {exc}{because}") from exc
+        outputs = _warm_up(rt, pre, where, chosen)
+        if any(o.is_dynamic for o in rt.outputs):  # the decoder sees the real sizes now
+            concrete = [
+                replace(o, shape=tuple(int(d) for d in a.shape))
+                for o, a in zip(rt.outputs, outputs, strict=False)
+            ]
+            try:
+                decoder.check(concrete)
+            except BundleError as exc:
+                raise BundleError(f"{where}: at input shape {list(spec.shape)}: {exc}{because}") from exc
         return LoadedModel(bundle, rt, spec, pre, decoder)
     except BaseException:
         rt.close()
         raise
+
+
+def _because(inferred: ExporterConfig | None) -> str:
+    if inferred is None:
+        return ""
+    return (
+        f" (the decoder, labels and input came from the model's {inferred.exporter} metadata, which "
+        "contradicts the model: export it again, or make a bundle that says what is right with "
+        "`edge-agent bundle create --decoder/--labels/--input-spec`)"
+    )
+
+
+def _shape_origin(
+    manifest_input: dict[str, Any],
+    tensor: TensorInfo,
+    size: tuple[int, int] | None,
+    inferred: ExporterConfig | None,
+) -> str:
+    """Where the input shape comes from, for the warm-up's error."""
+    if size is not None:
+        return f"--input-size {size[0]}x{size[1]}"
+    if "shape" in manifest_input:
+        return f"the {inferred.exporter} metadata" if inferred is not None else "the manifest's input.shape"
+    if tensor.is_dynamic:
+        return f"the default {DEFAULT_HW} for a dynamic height and width"
+    return "the model's own input shape"
+
+
+def _log_size_override(
+    where: str, manifest_input: dict[str, Any], size: tuple[int, int], inferred: ExporterConfig | None
+) -> None:
+    shape = list(manifest_input["shape"])
+    hw = (shape[-2], shape[-1]) if manifest_input.get("layout", "NCHW") == "NCHW" else (shape[-3], shape[-2])
+    if tuple(hw) != size:
+        origin = f"the {inferred.exporter} metadata's" if inferred is not None else "the manifest's"
+        log.info("%s: --input-size %dx%d wins over %s %dx%d", where, size[0], size[1], origin, hw[0], hw[1])
+
+
+def _warm_up(rt: Runtime, pre: Preprocessor, where: str, chosen: str) -> list[Array]:
+    """One run on a blank input of the chosen shape; ``BundleError`` naming the input, its dynamic dims,
+    the shape tried and the fix when the model cannot run at it."""
+    x = np.zeros(pre.spec.shape, dtype=pre.dtype)
+    try:
+        return rt.run([x])
+    except BundleError as exc:
+        tensor = rt.inputs[0]
+        cause = str(exc.__cause__ or exc)
+        cause = cause if len(cause) <= 300 else cause[:297] + "..."
+        shape = "[" + ", ".join("?" if d is None else str(d) for d in tensor.shape) + "]"
+        if tensor.is_dynamic:
+            raise BundleError(
+                f"{where}: the model cannot run at input shape {list(pre.spec.shape)} ({chosen}): input "
+                f"{tensor.name!r} is {shape}, its '?' dims are dynamic and the model needs other values "
+                f'there ({cause}). Give the size it needs: --input-size HxW (input_size = "HxW" in the '
+                "config), or the manifest's input.shape"
+            ) from exc
+        raise BundleError(
+            f"{where}: the model fails on a blank input of its own shape {shape} ({cause}); "
+            "the model is broken: export it again"
+        ) from exc

@@ -168,12 +168,18 @@ def _guess_layout(shape: Sequence[int | None]) -> str:
     return "NHWC" if c_first not in (1, 3, None) else "NCHW"
 
 
-def resolve_input_spec(manifest_input: Mapping[str, Any] | None, tensor: TensorInfo, where: str) -> InputSpec:
+def resolve_input_spec(
+    manifest_input: Mapping[str, Any] | None,
+    tensor: TensorInfo,
+    where: str,
+    size: tuple[int, int] | None = None,
+) -> InputSpec:
     """The concrete ``InputSpec`` for a model input, from the manifest's values (already checked
     by ``parse_input``) and the model's ``TensorInfo``; dynamic dims get the manifest's values or
-    defaults (batch 1, channels 3, height/width 640).
+    defaults (batch 1, channels 3, height/width 640). ``size`` (``--input-size HxW``) sets the
+    height and width over the manifest's and the defaults.
 
-    Raises ``BundleError`` when the manifest contradicts the model.
+    Raises ``BundleError`` when the manifest or ``size`` contradicts the model.
     """
     m = dict(manifest_input or {})
     model_shape = tensor.shape
@@ -216,6 +222,8 @@ def resolve_input_spec(manifest_input: Mapping[str, Any] | None, tensor: TensorI
             if dims[ax] is None:
                 dims[ax] = DEFAULT_HW
         shape = tuple(int(d) for d in dims if d is not None)
+    if size is not None:
+        shape = _with_size(shape, layout, model_shape, size, tensor.name, where)
     spec_probe = InputSpec(shape=shape, layout=layout)
     if spec_probe.channels not in (1, 3):
         raise BundleError(
@@ -258,6 +266,44 @@ def resolve_input_spec(manifest_input: Mapping[str, Any] | None, tensor: TensorI
                 "channels; give one value or one per channel"
             )
     return spec
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` (or one number for a square) -> ``(height, width)``; ``ValueError`` names the form."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or not all(0 < n <= 16384 for n in nums):
+        raise ValueError(f"input size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 48x320 or 640")
+    return nums[0], nums[1]
+
+
+def _with_size(
+    shape: tuple[int, ...],
+    layout: str,
+    model_shape: Sequence[int | None],
+    size: tuple[int, int],
+    name: str,
+    where: str,
+) -> tuple[int, ...]:
+    """``shape`` with its height and width set to ``size``; a fixed model dim that differs is an error."""
+    off = len(shape) - 3
+    h_ax, w_ax = (off + 1, off + 2) if layout == "NCHW" else (off, off + 1)
+    out = list(shape)
+    for ax, want, what in ((h_ax, size[0], "height"), (w_ax, size[1], "width")):
+        fixed = model_shape[ax]
+        if fixed is not None and fixed != want:
+            raise BundleError(
+                f"{where}: input size {size[0]}x{size[1]} asks for a {what} of {want}, but input "
+                f"{name!r} has a fixed {what} of {fixed} ({_fmt(model_shape)}): only dynamic ('?') dims "
+                "can be chosen; drop --input-size (input_size) or give the model's own size"
+            )
+        out[ax] = want
+    return tuple(out)
 
 
 def _tuple(v: Any) -> tuple[float, ...]:
