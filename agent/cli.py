@@ -59,6 +59,13 @@ RUN_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--results", {"metavar": "-|PATH", "help": "write one JSON object per frame to stdout (-) or a file"}),
     ("--threads", {"metavar": "N", "type": int, "help": "runtime threads (default: the engine decides)"}),
     ("--runtime", {"choices": RUNTIMES, "help": "runtime (default: auto, by file type)"}),
+    (
+        "--input-size",
+        {
+            "metavar": "HxW",
+            "help": "height x width for a model whose input size is dynamic, e.g. 48x320 (input_size)",
+        },
+    ),
     ("--loop", {"action": "store_const", "const": True, "help": "replay a file or folder source at its end"}),
     ("--log-level", {"choices": LOG_LEVELS, "type": str.lower, "help": "log level (default: info)"}),
     (

@@ -175,6 +175,7 @@ class Config:
     results: str | None = None  # "-" for stdout, or a JSON-lines file
     threads: int | None = None  # runtime threads (None: the engine decides)
     runtime: str = "auto"  # auto | onnx | tflite
+    input_size: tuple[int, int] | None = None  # (height, width) for a model's dynamic input dims
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
     log_level: str = "info"
     loop: bool = False  # replay a file or folder source at its end
@@ -306,6 +307,26 @@ def _path(value: Any, where: str) -> Path:
     if isinstance(value, Path):
         return value
     return Path(_str(value, where)).expanduser()
+
+
+def _input_size(value: Any, where: str) -> tuple[int, int]:
+    """``"48x320"`` (height x width), ``640`` or ``[48, 320]``."""
+    from inference.preprocess import parse_size
+
+    if isinstance(value, list) and len(value) == 2 and all(_is_plain_int(v) for v in value):
+        value = f"{value[0]}x{value[1]}"
+    elif _is_plain_int(value):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f'{where}: expected an input size "HEIGHTxWIDTH" such as "48x320", got {value!r}')
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _is_plain_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _providers(value: Any, where: str) -> tuple[str, ...]:
@@ -684,6 +705,7 @@ CHECKS: dict[str, Check] = {
     "results": _str,
     "threads": _int(1),
     "runtime": _choice(RUNTIMES),
+    "input_size": _input_size,
     "providers": _providers,
     "log_level": _choice(LOG_LEVELS),
     "loop": _bool,

@@ -28,6 +28,7 @@ the pipeline and stopped before it ends (the model manager, watchers, control AP
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -346,7 +347,7 @@ class Daemon:
 
         options = RuntimeOptions(threads=self.config.threads, providers=self.config.providers)
         runtime = None if self.config.runtime == "auto" else self.config.runtime
-        return load_model(resolve_model(spec), options, runtime=runtime)
+        return load_model(resolve_model(spec), options, runtime=runtime, input_size=self.config.input_size)
 
     def _open_metrics(self) -> None:
         m = self.config.monitoring
@@ -414,8 +415,17 @@ class Daemon:
             fetcher=fetcher,
             bundle_check=self._check_signature,
             window=UpdateWindow.parse(cfg.updates.window) if cfg.updates.window else None,
-            **self.manager_hooks,
+            **self._sized(self.manager_hooks, cfg.input_size),
         )
+
+    @staticmethod
+    def _sized(hooks: dict[str, Any], size: tuple[int, int] | None) -> dict[str, Any]:
+        """The manager's hooks with its model loader given ``input_size`` (every version it loads)."""
+        if size is None:
+            return hooks
+        from inference.model import load_model
+
+        return {**hooks, "loader": functools.partial(hooks.get("loader", load_model), input_size=size)}
 
     def _count_outcome(self, event: Any) -> None:
         """Jobs ended, by outcome (``/metrics``); steps and queueing are not outcomes."""
