@@ -175,6 +175,29 @@ class ParamReader:
             raise self._bad(key, f"a number or a [x, y] pair of numbers{low}", v)
         return float(v[0]), float(v[1])
 
+    def strings(self, key: str) -> list[str] | None:
+        """A list of strings (None when absent)."""
+        found, v = self._get(key)
+        if not found:
+            return None
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            raise self._bad(key, "a list of strings", v if len(repr(v)) <= 80 else f"{repr(v)[:77]}...")
+        return [str(x) for x in v]
+
+    def index_map(self, key: str, names: Sequence[str]) -> dict[str, int] | None:
+        """An object mapping exactly ``names`` to distinct integers >= 0 (None when absent)."""
+        found, v = self._get(key)
+        if not found:
+            return None
+        if (
+            not isinstance(v, Mapping)
+            or set(v) != set(names)
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in v.values())
+            or len(set(v.values())) != len(v)
+        ):
+            raise self._bad(key, "an object giving each of " + ", ".join(names) + " a distinct index >= 0", v)
+        return {str(k): int(x) for k, x in v.items()}
+
     def finish(self) -> None:
         """Raise ``BundleError`` for any parameter that was not read."""
         unknown = sorted(set(self._params) - set(self._known))

@@ -14,6 +14,10 @@ Decoders (parameters with their defaults):
 ``yolo``  (inference/decode_yolo.py) one output (1, N, 5+C) for v5 or (1, 4+C, N) for v8.
 ``ssd_anchors``  (inference/decode_ssd.py) BlazeFace-style regressors + scores.
 ``db_text``  (inference/decode_db.py) PP-OCR DB probability map (1, 1, H, W).
+``ctc_text``  (inference/decode_ctc.py) CTC text recogniser (1, T, C), e.g. PaddleOCR's, greedy
+    decoding with parameter ``characters`` (the dict file): ``text`` results.
+``detection_postprocess``  (inference/decode_detection_postprocess.py) the four outputs of TFLite's
+    ``TFLite_Detection_PostProcess`` op (boxes, classes, scores, count), order from ``outputs``.
 ``raw``  any outputs: per output name, shape, dtype, min, max, mean.
 
 Every ``Result`` carries ``confidence`` as ``Result`` documents it. Unknown decoder names and
@@ -170,11 +174,25 @@ def _db(params: dict[str, Any], labels: list[str]) -> Decoder:
     return DbTextDecoder(params, labels)
 
 
+def _ctc(params: dict[str, Any], labels: list[str]) -> Decoder:
+    from inference.decode_ctc import CtcTextDecoder
+
+    return CtcTextDecoder(params, labels)
+
+
+def _postprocess(params: dict[str, Any], labels: list[str]) -> Decoder:
+    from inference.decode_detection_postprocess import DetectionPostprocessDecoder
+
+    return DetectionPostprocessDecoder(params, labels)
+
+
 DECODERS: dict[str, DecoderFactory] = {
     "classification": ClassificationDecoder,
     "yolo": _yolo,
     "ssd_anchors": _ssd,
     "db_text": _db,
+    "ctc_text": _ctc,
+    "detection_postprocess": _postprocess,
     "raw": RawDecoder,
 }
 

@@ -121,10 +121,21 @@ def read_image(name: str) -> U8:
 # ---------------------------------------------------------------- registry and params
 
 
+REQUIRED_PARAMS: dict[str, dict[str, Any]] = {"ctc_text": {"characters": ["a"]}}
+
+
 def test_registry_names() -> None:
-    assert sorted(DECODERS) == ["classification", "db_text", "raw", "ssd_anchors", "yolo"]
+    assert sorted(DECODERS) == [
+        "classification",
+        "ctc_text",
+        "db_text",
+        "detection_postprocess",
+        "raw",
+        "ssd_anchors",
+        "yolo",
+    ]
     for name in DECODERS:
-        assert isinstance(make_decoder(name, {}, []), Decoder)
+        assert isinstance(make_decoder(name, REQUIRED_PARAMS.get(name, {}), []), Decoder)
 
 
 def test_unknown_decoder() -> None:
