@@ -348,7 +348,12 @@ def register(subparsers: SubParsers) -> None:
     p.add_argument("model", metavar="MODEL", help=".onnx or .tflite file")
     p.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
     p.add_argument("--version", required=True, type=int, help="version number (an int, increasing)")
-    p.add_argument("--decoder", default="raw", help="classification, yolo, ssd_anchors, db_text or raw")
+    p.add_argument(
+        "--decoder",
+        default=None,
+        help="classification, yolo, ssd_anchors, db_text, ctc_text, detection_postprocess or raw "
+        "(default: what the model's exporter metadata says, else raw)",
+    )
     p.add_argument("--decoder-params", metavar="JSON", help="decoder parameters as a JSON object")
     p.add_argument("--labels", metavar="FILE", help="labels: one a line, or a JSON list")
     p.add_argument(

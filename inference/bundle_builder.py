@@ -10,6 +10,7 @@ the preprocessed input tensor and the model's raw outputs, as ``.npy`` files in 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ from inference.runtime import RuntimeOptions, runtime_kind_for
 if TYPE_CHECKING:
     from inference.model import LoadedModel
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 
@@ -46,7 +49,7 @@ def create_bundle(
     *,
     name: str,
     version: int,
-    decoder: str = "raw",
+    decoder: str | None = None,
     decoder_params: Mapping[str, Any] | None = None,
     labels: Sequence[str] | None = None,
     input_spec: Mapping[str, Any] | None = None,
@@ -63,13 +66,16 @@ def create_bundle(
 ) -> Bundle:
     """Write a bundle for ``model_path`` at ``out`` (which must not exist) and return it, verified.
 
+    A model whose exporter wrote metadata this agent reads (inference/exporter_config.py) gets
+    the decoder, labels, task and input spec it says; the values given here win, each override
+    logged. Without metadata the decoder is ``raw``.
     ``input_spec`` holds manifest ``input`` values (shape, dtype, layout, color, scale, mean,
     std, resize, pad); those left out are read from the model and written out resolved, so
     the manifest states the full spec. ``validation`` may set ``atol``, ``rtol`` and
     ``max_latency_ms``; the golden pairs are added from ``golden_images``. ``reference`` is
     the drift profile, or a function that computes it from the loaded model.
     """
-    from inference.model import load_model  # model imports bundle; keep the import local
+    from inference.model import exporter_config_of, load_model  # model imports bundle: a local import
 
     model_path = Path(model_path)
     out = Path(out)
@@ -85,6 +91,20 @@ def create_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         copy_file_durably(model_path, tmp / file, fs)
+        inferred = exporter_config_of(tmp / file, options, fmt)
+        if inferred is not None:
+            log.info("%s: %s", model_path, inferred.describe())
+            chosen, overridden = inferred.merge(
+                decoder=decoder,
+                decoder_params=decoder_params,
+                labels=labels,
+                input=spec_in,
+                task=task or None,
+            )
+            for what in overridden:
+                log.info("%s: %s (given, so it wins)", model_path, what)
+            decoder, decoder_params, labels = chosen["decoder"], chosen["decoder_params"], chosen["labels"]
+            spec_in, task = parse_input(chosen["input"], where), chosen["task"]
         sha = sha256_file(tmp / file)
         size = (tmp / file).stat().st_size
         val: dict[str, Any] = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL, **dict(validation or {})}
@@ -98,7 +118,7 @@ def create_bundle(
             "size": size,
             "input": spec_in,
             "task": task,
-            "decoder": decoder,
+            "decoder": decoder or "raw",
             "decoder_params": dict(decoder_params or {}),
             "labels": list(labels or []),
             "validation": {k: v for k, v in val.items() if k != "golden"},

@@ -243,3 +243,15 @@ def _warm_up(rt: Runtime, pre: Preprocessor, where: str, chosen: str) -> list[Ar
             f"{where}: the model fails on a blank input of its own shape {shape} ({cause}); "
             "the model is broken: export it again"
         ) from exc
+
+
+def exporter_config_of(
+    model_path: Path, options: RuntimeOptions | None = None, runtime: str | None = None
+) -> ExporterConfig | None:
+    """What ``model_path``'s exporter metadata says (``None``: nothing this agent reads); the model
+    is loaded to see its inputs and outputs, then closed."""
+    rt = load_runtime(model_path, options, runtime)
+    try:
+        return read_exporter_config(model_path, rt.kind, rt.inputs, rt.outputs)
+    finally:
+        rt.close()
