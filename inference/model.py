@@ -255,3 +255,16 @@ def exporter_config_of(
         return read_exporter_config(model_path, rt.kind, rt.inputs, rt.outputs)
     finally:
         rt.close()
+
+
+def bare_manifest(bundle: Bundle, options: RuntimeOptions | None = None) -> Bundle:
+    """A bare model file as a bundle whose manifest states what its exporter metadata says (the
+    store writes it when it imports a bare file); unchanged when there is no such metadata."""
+    if not bundle.bare:
+        return bundle
+    inferred = exporter_config_of(bundle.model_path, options, bundle.manifest.format)
+    if inferred is None:
+        return bundle
+    log.info("%s: %s", bundle.model_path, inferred.describe())
+    fields, _ = inferred.merge()
+    return replace(bundle, manifest=replace(bundle.manifest, **fields))

@@ -447,7 +447,10 @@ class ModelStore:
             dest = stage / "bundle"
             dest.mkdir()
             copy_file_durably(src, dest / src.name, self.fs)
-            bare = open_bundle(dest / src.name, verify=True)
+            from inference.model import bare_manifest  # numpy, cv2: only when a bare file comes
+
+            # the manifest states what the model's exporter metadata says (decoder, labels, input)
+            bare = bare_manifest(open_bundle(dest / src.name, verify=True))
             data = bare.manifest.to_bytes()
             with open(dest / MANIFEST, "xb") as fh:
                 fh.write(data)
