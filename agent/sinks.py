@@ -6,8 +6,9 @@ A results line is one JSON object per frame::
      "latency_ms": 4.812, "confidence": 0.93412,
      "detections": [{"label": "face", "score": 0.93412, "box": [x1, y1, x2, y2]}]}
 
-with ``classes`` (``[{label, score}]``) for classifiers and ``outputs`` (shapes and a
-summary) for raw models instead of ``detections``.
+with ``classes`` (``[{label, score}]``) for classifiers, ``texts`` (``[{text, score}]``) for
+text recognisers and ``outputs`` (shapes and a summary) for raw models instead of ``detections``.
+The SQLite sink's ``top_label`` is the best box's label, the top class or the first text line.
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ class SqliteSink:
                 top = max(result.detections, key=lambda d: d.score).label
         elif result.kind == "classes" and result.classes:
             top = result.classes[0].label
+        elif result.kind == "text" and result.texts:
+            top = result.texts[0].text
         self._rows.append(
             (
                 frame.index,

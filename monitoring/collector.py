@@ -10,7 +10,7 @@ The worker shrinks the frame to ``max_side``, hashes it (``phash64``) and drops 
 frame kept in the last ``dedup_window`` is within ``dedup_bits`` (``duplicates``: a static
 scene is kept once per window, not a thousand times), encodes the JPEG, charges the daily
 byte budget and puts it in the ``Spool`` with its sidecar (``sidecar``: device, model,
-version, strategy, scores, frame statistics, ts, and the model's detections or classes as
+version, strategy, scores, frame statistics, ts, and the model's detections, classes or text as
 pre-labels, in the JPEG's pixels), then wakes the uploader.
 
 ``capture(n)`` (the fleet's ``capture`` command) keeps the next ``n`` frames whatever the
@@ -134,6 +134,8 @@ def prelabels(result: Result, scale: float) -> dict[str, Any]:
     if result.kind == "classes":
         classes = sorted(result.classes, key=lambda c: -c.score)[:MAX_PRELABELS]
         return {"classes": [{"label": c.label, "score": round(float(c.score), 5)} for c in classes]}
+    if result.kind == "text":
+        return {"texts": [x.to_json() for x in result.texts[:MAX_PRELABELS]]}
     return {}
 
 

@@ -14,8 +14,10 @@ also falls with contrast (the Laplacian scales with it).
 - confidence: ``Result.confidence`` (every kind; a detector's is 0 when it finds no box, which is why
   its decay is judged over the samples with a box, ``Window.detected_confidence``); margin: top-1
   minus top-2 class score and entropy: Shannon entropy in nats of the class scores normalised to sum
-  1 (classifiers); detections: the number of boxes (detectors). Non-finite values are left out of
-  ``Sample.values``.
+  1 (classifiers); detections: the number of boxes (detectors). Text recognisers: margin and
+  entropy are the means over the read characters' steps of top-1 minus top-2 probability and of the
+  step's entropy (``TextLine``; 0 with no text), chars the number of characters read. Non-finite
+  values are left out of ``Sample.values``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from inference.result import Result
+from inference.result import Result, text_measures
 
 IMAGE_METRICS = ("brightness", "contrast", "sharpness", "dark_fraction", "bright_fraction", "saturation")
-RESULT_METRICS = ("confidence", "margin", "entropy", "detections")
+RESULT_METRICS = ("confidence", "margin", "entropy", "detections", "chars")
 METRICS = IMAGE_METRICS + RESULT_METRICS
 
 DARK_LUMA = 16  # luma at or below: clipped dark
@@ -45,7 +47,7 @@ class Sample:
     ts: float  # wall clock, Unix s
     frame: int  # frame index
     values: dict[str, float]  # metric -> value, for every metric that applies (see the module docstring)
-    labels: tuple[tuple[str, float], ...]  # (label, score) per detection, or the classifier's top-1
+    labels: tuple[tuple[str, float], ...]  # (label, score) per detection, the classifier's top-1, or ()
     latency_ms: float  # the model's own time (Result.inference_ms)
 
 
@@ -109,6 +111,9 @@ class FrameStats:
         elif result.kind == "detections":
             values["detections"] = float(len(result.detections))
             labels = tuple((d.label, float(d.score)) for d in result.detections)
+        elif result.kind == "text":
+            values["margin"], values["entropy"] = text_measures(result.texts)
+            values["chars"] = float(sum(len(x.text) for x in result.texts))
         return values, labels
 
     def sample(self, frame_index: int, ts: float, image_bgr: npt.NDArray[np.uint8], result: Result) -> Sample:

@@ -142,6 +142,7 @@ STD_FLOOR: dict[str, float] = {
     "margin": 0.005,
     "entropy": 0.005,
     "detections": 0.05,
+    "chars": 0.05,
 }
 LOG_METRICS = ("sharpness",)  # mean and std (and so the mean shift) of log1p(value): heavy-tailed
 CONF_STD_FLOOR = 0.005
@@ -151,10 +152,11 @@ DRIFT_SCORES = ("psi", "js", "mean_shift")  # per metric; "classes:linf" for the
 DECAY_SCORE = "drop"
 CLASSES = "classes"
 ORIGINS = ("bundle", "learned")
-KINDS = ("classes", "detections", "outputs")
+KINDS = ("classes", "detections", "text", "outputs")
 RESULT_METRICS_FOR = {
     "classes": ("confidence", "margin", "entropy"),
     "detections": ("confidence", "detections"),
+    "text": ("confidence", "margin", "entropy", "chars"),
 }
 REQUIRED_METRICS = (*IMAGE_METRICS, "confidence")
 
@@ -262,7 +264,7 @@ class ReferenceProfile:
     thresholds: dict[int, dict[str, float]]  # window size -> {"brightness:psi": t, "classes:linf": t, ...}
     samples: int
     origin: str  # "bundle" | "learned"
-    kind: str = "outputs"  # the model's Result kind: "classes" | "detections" | "outputs"
+    kind: str = "outputs"  # the model's Result kind: "classes" | "detections" | "text" | "outputs"
     # detectors: label -> (mean, std) of its boxes per sample (the detection rate)
     class_rate: dict[str, tuple[float, float]] = field(default_factory=dict)
     block: int = 1  # the longest moving-block bootstrap block length used (samples)
@@ -478,6 +480,8 @@ def build_reference(
 
 
 def _kind(samples: Sequence[Sample]) -> str:
+    if any("chars" in s.values for s in samples):
+        return "text"
     if any("margin" in s.values or "entropy" in s.values for s in samples):
         return "classes"
     if any("detections" in s.values for s in samples):
@@ -929,7 +933,7 @@ def parse_reference(
     """A ``ReferenceProfile`` from the manifest's ``reference`` (untrusted): strict about every field.
 
     ``labels``: the model's labels; when given, a profile naming other classes is refused
-    ("wrong_classes"). ``kind``: the model's Result kind ("classes" | "detections" | "outputs");
+    ("wrong_classes"). ``kind``: the model's Result kind ("classes" | "detections" | "text" | "outputs");
     when given, a profile made for another kind is refused ("wrong_kind": a classifier's profile
     on a detector would never score its detections). Raises ``ReferenceError`` with ``reason``
     "malformed", "wrong_kind", "missing_metrics" or "wrong_classes" (checked in that order).

@@ -56,6 +56,7 @@ _ORDER = (
     "margin",
     "entropy",
     "detections",
+    "chars",
     "classes",
 )
 _SCORE_COLORS = {"psi": "C0", "js": "C1", "mean_shift": "C2", "linf": "C3"}

@@ -37,7 +37,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from inference.errors import ConfigError
-from inference.result import Result
+from inference.result import Result, text_measures
 
 Clock = Callable[[], float]
 Kind = Literal["uncertain", "random", "classes", "count", "drift"]
@@ -93,15 +93,19 @@ def result_measure(
     """The uncertainty ``measure`` of a frame: from ``sample_values`` when there, else from ``result``.
 
     confidence is ``Result.confidence``; margin (top-1 minus top-2 score) and entropy (nats, scores
-    normalised to sum 1, as ``FrameStats``) exist for classifiers only, one pass over the classes:
-    None for other kinds and for non-finite values. Pass ``sample_values`` when the drift monitor
-    has them already (a model with a thousand classes costs about 100 µs here otherwise).
+    normalised to sum 1, as ``FrameStats``) exist for classifiers, one pass over the classes, and
+    for text (``text_measures``): None for other kinds and for non-finite values. Pass
+    ``sample_values`` when the drift monitor has them already (a model with a thousand classes
+    costs about 100 µs here otherwise).
     """
     value: float | None = None
     if sample_values is not None and measure in sample_values:
         value = float(sample_values[measure])
     elif measure == "confidence":
         value = float(result.confidence)
+    elif result.kind == "text" and measure in ("margin", "entropy"):
+        margin, entropy = text_measures(result.texts)
+        value = margin if measure == "margin" else entropy
     elif result.kind == "classes" and result.classes:
         if measure == "margin":
             first = second = -math.inf

@@ -189,3 +189,84 @@ def test_bundle_end_to_end(tmp_path: Path) -> None:
             path, tmp_path / "bad", name="rec", version=1, decoder="ctc_text",
             decoder_params={"characters": table[:3]},
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------- text results through the consumers
+
+
+class FakeModel:
+    name = "rec"
+    version = 2
+    sha256 = "0" * 64
+
+    def infer(self, image: Any) -> Result:  # pragma: no cover - not called by sinks
+        raise AssertionError
+
+
+def text_result() -> Result:
+    return decode(steps([1, 0, 2, 3])[None])  # "abc" at 0.9 a character
+
+
+def test_sinks_write_text_lines(tmp_path: Path) -> None:
+    from agent.sinks import SqliteSink, result_record
+    from agent.source import Frame
+    from monitoring.metrics_store import MetricsStore
+
+    frame = Frame(7, 1000.0, np.zeros((2, 2, 3), np.uint8))
+    record = result_record(frame, text_result(), FakeModel())
+    assert record["texts"] == [{"text": "abc", "score": 0.9}] and record["confidence"] == 0.9
+    assert "detections" not in record and "classes" not in record
+    store = MetricsStore(tmp_path / "m.db")
+    sink = SqliteSink(store, batch=1)
+    sink.write(frame, text_result(), FakeModel())
+    sink.write(frame, decode(steps([0, 0])), FakeModel())
+    sink.close()
+    rows = store.results()
+    assert sorted(str(r["top_label"]) for r in rows) == ["None", "abc"]
+    assert all(r["n_detections"] is None for r in rows)
+    store.close()
+
+
+def test_monitoring_measures_of_a_text_result() -> None:
+    from monitoring.collector import prelabels
+    from monitoring.frame_stats import FrameStats
+    from monitoring.sampler import result_measure
+
+    r = text_result()
+    values, labels = FrameStats.result(r)
+    line = r.texts[0]
+    assert values == {
+        "confidence": r.confidence,
+        "margin": line.margin,
+        "entropy": line.entropy,
+        "chars": 3.0,
+    }
+    assert labels == () and line.margin == pytest.approx(0.9 - 0.025)
+    assert result_measure(r, "margin") == line.margin and result_measure(r, "entropy") == line.entropy
+    empty = decode(steps([0, 0]))
+    assert FrameStats.result(empty)[0] == {"confidence": 0.0, "margin": 0.0, "entropy": 0.0, "chars": 0.0}
+    assert prelabels(r, 0.5) == {"texts": [{"text": "abc", "score": 0.9}]}
+
+
+def test_reference_of_a_text_model() -> None:
+    from monitoring.frame_stats import IMAGE_METRICS, Sample
+    from monitoring.reference import build_reference, parse_reference
+
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(120):
+        values = {m: float(rng.uniform(10, 100)) for m in IMAGE_METRICS}
+        values.update(
+            confidence=float(rng.uniform(0.6, 1.0)),
+            margin=float(rng.uniform(0.3, 0.9)),
+            entropy=float(rng.uniform(0.1, 1.0)),
+            chars=float(rng.integers(3, 9)),
+        )
+        samples.append(Sample(ts=float(i), frame=i, values=values, labels=(), latency_ms=1.0))
+    profile = build_reference(samples, window_sizes=(30,), replicates=200, alpha=0.01)
+    assert profile.kind == "text" and {"confidence", "margin", "entropy", "chars"} <= set(profile.metrics)
+    assert profile.decay_ready
+    again = parse_reference(profile.to_json(), kind="text")
+    assert again.kind == "text"
+    with pytest.raises(BundleError, match="made for a model whose results are text"):
+        parse_reference(profile.to_json(), kind="classes")

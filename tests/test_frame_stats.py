@@ -52,7 +52,7 @@ def test_metric_names_are_the_contract() -> None:
         "bright_fraction",
         "saturation",
     )
-    assert RESULT_METRICS == ("confidence", "margin", "entropy", "detections")
+    assert RESULT_METRICS == ("confidence", "margin", "entropy", "detections", "chars")
     assert METRICS == IMAGE_METRICS + RESULT_METRICS
 
 
