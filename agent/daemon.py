@@ -342,10 +342,18 @@ class Daemon:
             return float("-inf")
         return self.pipeline.heartbeat
 
+    def _configure_bare(self, bundle: Any) -> Any:
+        """A bare model file the store imports, configured from its exporter metadata at our input size."""
+        from inference.model import bare_manifest
+
+        return bare_manifest(bundle, input_size=self.config.input_size)
+
     def _load_model(self, spec: str) -> LoadedModel:
         from inference.model import load_model
 
-        options = RuntimeOptions(threads=self.config.threads, providers=self.config.providers)
+        options = RuntimeOptions(
+            threads=self.config.threads, providers=self.config.providers, cache_dir=self.state_dir / "cache"
+        )
         runtime = None if self.config.runtime == "auto" else self.config.runtime
         return load_model(resolve_model(spec), options, runtime=runtime, input_size=self.config.input_size)
 
@@ -373,7 +381,7 @@ class Daemon:
 
     def _make_manager(self, root: Path) -> ModelManager:
         cfg = self.config
-        store = ModelStore(root)
+        store = ModelStore(root, configure_bare=self._configure_bare)
         from inference.runtime import RUNTIMES
 
         fetcher = RemoteBundleFetcher(
@@ -403,7 +411,9 @@ class Daemon:
             from agent.fleet_channel import status_outbox
 
             self.outbox = status_outbox(cfg.mqtt, self.state_dir, events)
-        options = RuntimeOptions(threads=cfg.threads, providers=cfg.providers)
+        options = RuntimeOptions(
+            threads=cfg.threads, providers=cfg.providers, cache_dir=self.state_dir / "cache"
+        )
         runtime = None if cfg.runtime == "auto" else cfg.runtime
         return ModelManager(
             store,

@@ -129,7 +129,9 @@ class CtcTextDecoder:
         margin = float((top2[:, 1] - top2[:, 0]).mean())
         with np.errstate(divide="ignore", invalid="ignore"):
             entropy = float(-np.where(p > 0, p * np.log(p), 0.0).sum(axis=1).mean())
-        text = "".join(self.table[i] or "" for i in best[steps])
+        text = "".join(self.table[i] or "" for i in best[steps]).strip()  # padding reads as spaces
+        if not text:
+            return Result(kind="text", confidence=0.0)
         line = TextLine(text, score, margin, entropy)
         return Result(kind="text", confidence=score, texts=[line])
 

@@ -180,6 +180,12 @@ def _nchw_shape(inp: TensorInfo, hw: tuple[int, int], key: str, where: str) -> l
         )
     n, c, h, w = inp.shape
     for dim, want, what in ((h, hw[0], "height"), (w, hw[1], "width")):
+        if dim is not None and dim != want and key == "--input-size":
+            raise BundleError(
+                f"{where}: --input-size {hw[0]}x{hw[1]} asks for a {what} of {want}, but input {inp.name!r} "
+                f"has a fixed {what} of {dim} ({_fmt(inp.shape)}): only dynamic ('?') dims can be chosen; "
+                "drop --input-size (input_size) or give the model's own size"
+            )
         if dim is not None and dim != want:
             raise BundleError(
                 f"{where}: the metadata says the image size is {hw[0]}x{hw[1]} ({key}) but input "
@@ -201,16 +207,23 @@ def is_ultralytics(meta: Mapping[str, str]) -> bool:
     return meta.get("author", "").startswith("Ultralytics") or ("names" in meta and "stride" in meta)
 
 
-def _ultralytics(meta: Mapping[str, str], inp: TensorInfo, where: str) -> ExporterConfig:
+def _ultralytics(
+    meta: Mapping[str, str], inp: TensorInfo, where: str, input_size: tuple[int, int] | None
+) -> ExporterConfig:
     names = _names(meta["names"], where) if "names" in meta else []
     size = _imgsz(meta.get("imgsz"), where)
     notes: list[str] = []
-    if size is None:
+    key = "'imgsz'"
+    if input_size is not None:
+        if size is not None and size != input_size:
+            notes.append(f"--input-size {input_size[0]}x{input_size[1]} wins over imgsz {size[0]}x{size[1]}")
+        size, key = input_size, "--input-size"
+    elif size is None:
         dims = inp.shape[2:] if len(inp.shape) == 4 else ()
         size = (dims[0] or 640, dims[1] or 640) if len(dims) == 2 else (640, 640)
         notes.append("no 'imgsz' in the metadata: the input's own size (or 640)")
     task = meta.get("task", "detect")
-    shape = _nchw_shape(inp, size, "'imgsz'", where)
+    shape = _nchw_shape(inp, size, key, where)
     spec: dict[str, Any] = {"shape": shape, "layout": "NCHW", "color": "RGB", "scale": 1 / 255, "mean": 0.0,
                             "std": 1.0, "resize": "letterbox", "pad": ULTRALYTICS_PAD}  # fmt: skip
     if task == "detect":
@@ -225,7 +238,11 @@ def _ultralytics(meta: Mapping[str, str], inp: TensorInfo, where: str) -> Export
 
 
 def _paddleocr(
-    meta: Mapping[str, str], inp: TensorInfo, outputs: Sequence[TensorInfo], where: str
+    meta: Mapping[str, str],
+    inp: TensorInfo,
+    outputs: Sequence[TensorInfo],
+    where: str,
+    input_size: tuple[int, int] | None,
 ) -> ExporterConfig:
     chars = meta["character"].splitlines()
     if not chars:
@@ -237,7 +254,10 @@ def _paddleocr(
             f"{where}: the model has metadata 'character' (a PaddleOCR recogniser's character table) but "
             f"its outputs are {[_fmt(o.shape) for o in outputs]}, not one (1, T, C) sequence: export it again"
         )
-    shape = _nchw_shape(inp, PPOCR_REC_HW, "the PaddleOCR recogniser's 48x320", where)
+    if input_size is not None:
+        shape = _nchw_shape(inp, input_size, "--input-size", where)
+    else:
+        shape = _nchw_shape(inp, PPOCR_REC_HW, "the PaddleOCR recogniser's 48x320", where)
     spec: dict[str, Any] = {"shape": shape, "layout": "NCHW", "color": "BGR", "scale": 1 / 255, "mean": 0.5,
                             "std": 0.5, "resize": "letterbox", "pad": 127.5}  # fmt: skip
     return ExporterConfig(
@@ -284,11 +304,15 @@ def _tflite(path: Path, inp: TensorInfo, outputs: Sequence[TensorInfo], where: s
 
 
 def read_exporter_config(
-    path: Path, fmt: str, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]
+    path: Path,
+    fmt: str,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    input_size: tuple[int, int] | None = None,
 ) -> ExporterConfig | None:
     """The configuration ``path``'s exporter metadata gives, or ``None`` when it has none this agent
-    reads. ``BundleError`` (naming ``path``, the metadata key and the fix) when it contradicts itself
-    or the model's input."""
+    reads; ``input_size`` (``--input-size``) wins over the size it says. ``BundleError`` (naming
+    ``path``, the metadata key and the fix) when it contradicts itself or the model's input."""
     where = str(path)
     if len(inputs) != 1:
         return None
@@ -298,7 +322,7 @@ def read_exporter_config(
 
     meta = read_onnx_metadata(Path(path))
     if "character" in meta:
-        return _paddleocr(meta, inputs[0], outputs, where)
+        return _paddleocr(meta, inputs[0], outputs, where, input_size)
     if is_ultralytics(meta):
-        return _ultralytics(meta, inputs[0], where)
+        return _ultralytics(meta, inputs[0], where, input_size)
     return None

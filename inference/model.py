@@ -152,7 +152,9 @@ def load_model(
             )
         inferred = None
         if bundle.bare:
-            inferred = read_exporter_config(bundle.model_path, bundle.manifest.format, rt.inputs, rt.outputs)
+            inferred = read_exporter_config(
+                bundle.model_path, bundle.manifest.format, rt.inputs, rt.outputs, input_size
+            )
             if inferred is not None:
                 log.info("%s: %s", bundle.model_path, inferred.describe())
                 fields, _ = inferred.merge()
@@ -246,23 +248,29 @@ def _warm_up(rt: Runtime, pre: Preprocessor, where: str, chosen: str) -> list[Ar
 
 
 def exporter_config_of(
-    model_path: Path, options: RuntimeOptions | None = None, runtime: str | None = None
+    model_path: Path,
+    options: RuntimeOptions | None = None,
+    runtime: str | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ExporterConfig | None:
     """What ``model_path``'s exporter metadata says (``None``: nothing this agent reads); the model
     is loaded to see its inputs and outputs, then closed."""
     rt = load_runtime(model_path, options, runtime)
     try:
-        return read_exporter_config(model_path, rt.kind, rt.inputs, rt.outputs)
+        return read_exporter_config(model_path, rt.kind, rt.inputs, rt.outputs, input_size)
     finally:
         rt.close()
 
 
-def bare_manifest(bundle: Bundle, options: RuntimeOptions | None = None) -> Bundle:
+def bare_manifest(
+    bundle: Bundle, options: RuntimeOptions | None = None, input_size: tuple[int, int] | None = None
+) -> Bundle:
     """A bare model file as a bundle whose manifest states what its exporter metadata says (the
-    store writes it when it imports a bare file); unchanged when there is no such metadata."""
+    store writes it when it imports a bare file; ``input_size`` wins over the size it says);
+    unchanged when there is no such metadata."""
     if not bundle.bare:
         return bundle
-    inferred = exporter_config_of(bundle.model_path, options, bundle.manifest.format)
+    inferred = exporter_config_of(bundle.model_path, options, bundle.manifest.format, input_size)
     if inferred is None:
         return bundle
     log.info("%s: %s", bundle.model_path, inferred.describe())

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from inference.bundle import Manifest, open_bundle, parse_manifest
+from inference.bundle import Bundle, Manifest, open_bundle, parse_manifest
 from inference.errors import BundleError, ConfigError, EdgeAgentError, TransientError
 from inference.fsio import DEFAULT_FS, FsOps, atomic_symlink, copy_file_durably
 from ota.update_machine import VersionRef
@@ -118,8 +118,11 @@ class ModelStore:
         *,
         max_bundle_bytes: int = 2 << 30,
         max_members: int = 1000,
+        configure_bare: Callable[[Bundle], Bundle] | None = None,
     ) -> None:
         self.root = Path(root).absolute()
+        # a bare model file's manifest: what its exporter metadata says (inference.model.bare_manifest)
+        self.configure_bare = configure_bare
         self.fs = fs
         self.clock = clock
         self.keep = keep
@@ -447,10 +450,13 @@ class ModelStore:
             dest = stage / "bundle"
             dest.mkdir()
             copy_file_durably(src, dest / src.name, self.fs)
-            from inference.model import bare_manifest  # numpy, cv2: only when a bare file comes
+            bare = open_bundle(dest / src.name, verify=True)
+            if self.configure_bare is not None:
+                bare = self.configure_bare(bare)
+            else:
+                from inference.model import bare_manifest  # numpy, cv2: only when a bare file comes
 
-            # the manifest states what the model's exporter metadata says (decoder, labels, input)
-            bare = bare_manifest(open_bundle(dest / src.name, verify=True))
+                bare = bare_manifest(bare)
             data = bare.manifest.to_bytes()
             with open(dest / MANIFEST, "xb") as fh:
                 fh.write(data)

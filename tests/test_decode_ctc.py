@@ -182,7 +182,7 @@ def test_bundle_end_to_end(tmp_path: Path) -> None:
     )
     model = load_model(bundle)
     r = model.infer(np.full((32, 200, 3), 128, np.uint8))
-    assert r.kind == "text" and [x.text for x in r.texts] == ["hello "]
+    assert r.kind == "text" and [x.text for x in r.texts] == ["hello"]
     assert r.confidence == pytest.approx(0.8, rel=1e-5)
     with pytest.raises(BundleError, match="does not fit the output width"):
         create_bundle(
