@@ -18,6 +18,7 @@ Example::
     results = "/var/lib/edge-agent/results.jsonl"
     threads = 2
     log_level = "info"
+    providers = ["cpu"]            # in order: ["tensorrt", "cuda", "cpu"]; with options: docs/deploy.md
 
     [probation]
     frames = 300
@@ -75,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.errors import ConfigError
+from inference.providers import ProviderSpec, provider_specs
 from monitoring.sampling_policy import SamplingPolicy, parse_policy, parse_size
 
 if sys.version_info >= (3, 11):
@@ -176,7 +178,8 @@ class Config:
     threads: int | None = None  # runtime threads (None: the engine decides)
     runtime: str = "auto"  # auto | onnx | tflite
     input_size: tuple[int, int] | None = None  # (height, width) for a model's dynamic input dims
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
+    # execution providers in order of preference, each with its options (inference/providers.py)
+    providers: tuple[ProviderSpec, ...] = (ProviderSpec("CPUExecutionProvider"),)
     log_level: str = "info"
     loop: bool = False  # replay a file or folder source at its end
     models_dir: Path | None = None  # model store root (issue 3); its incoming/ is watched
@@ -223,6 +226,8 @@ class Config:
                     out[f.name] = table
             elif isinstance(value, Path):
                 out[f.name] = str(value)
+            elif f.name == "providers":
+                out[f.name] = [p.to_json() for p in value]
             elif isinstance(value, tuple):
                 out[f.name] = list(value)
             elif value is not None:
@@ -329,15 +334,10 @@ def _is_plain_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _providers(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(
-            f"{where}: expected a list of ONNX Runtime provider names such as "
-            f'["CPUExecutionProvider"], got {value!r}'
-        )
-    return tuple(value)
+def _providers(value: Any, where: str) -> tuple[ProviderSpec, ...]:
+    """``["xnnpack", "cpu"]`` (names or aliases; a comma-separated string from a flag), or tables
+    ``[[providers]] name = "tensorrt" options = { trt_fp16_enable = true }``, mixed as needed."""
+    return provider_specs(value, where)
 
 
 DEFAULT_CONTROL_HOST = "127.0.0.1"

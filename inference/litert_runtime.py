@@ -2,7 +2,9 @@
 
 Uses ``ai_edge_litert.interpreter.Interpreter``, else ``tflite_runtime.interpreter.Interpreter``
 (older devices). XNNPACK is LiteRT's default CPU delegate; ``RuntimeOptions.xnnpack=False``
-asks for the builtin kernels without default delegates. Quantised tensors report
+asks for the builtin kernels without default delegates, and an ``xnnpack`` entry in
+``RuntimeOptions.providers`` turns it on (its ``num_threads`` option wins over ``threads``).
+``provider`` is ``"xnnpack"`` or ``"builtin"``. Quantised tensors report
 ``(scale, zero_point)`` in ``TensorInfo.quant``; dynamic dimensions (``-1`` in the shape
 signature) are ``None``. A feed whose shape differs from the current input shape resizes
 the input (and reallocates) before running.
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from inference.errors import BundleError, ConfigError
+from inference.providers import litert_options
 from inference.runtime import Array, RuntimeOptions, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -68,13 +71,16 @@ class LiteRtRuntime:
         options = options or RuntimeOptions()
         self.options = options
         mod, self.version = _interpreter_module()
+        xnnpack, threads = litert_options(options.specs, options.xnnpack, options.threads)
         kwargs: dict[str, Any] = {"model_path": str(self.path)}
-        if options.threads is not None:
-            kwargs["num_threads"] = int(options.threads)
-        if not options.xnnpack:
+        if threads is not None:
+            kwargs["num_threads"] = int(threads)
+        self.provider: str = "xnnpack"
+        if not xnnpack:
             resolver = getattr(mod, "OpResolverType", None)
             if resolver is not None and hasattr(resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
                 kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                self.provider = "builtin"
             else:
                 log.warning(
                     "%s: this LiteRT cannot turn XNNPACK off; running with its defaults", self.version

@@ -1,8 +1,9 @@
 """``OnnxRuntime``: the ``Runtime`` protocol on ONNX Runtime.
 
-CPU by default. Execution providers come from ``RuntimeOptions.providers``; one that this
-onnxruntime build does not offer is skipped with a log line, and a session that cannot be
-created with the requested providers is retried on CPU alone. onnxruntime's exceptions
+CPU by default. Execution providers come from ``RuntimeOptions.providers`` (with their options,
+see inference/providers.py); one that this onnxruntime build does not offer is skipped with a
+log line, and when the session cannot be created, the first provider is dropped with one log
+line and the rest tried, down to CPU. ``provider`` says which one runs. onnxruntime's exceptions
 (``InvalidProtobuf``, ``NoSuchFile``, ``Fail``, ``InvalidGraph``, ...) share no base class
 besides ``Exception``; they are translated into ``BundleError`` naming the file.
 
@@ -23,11 +24,29 @@ import numpy as np
 
 from inference.errors import BundleError, ConfigError
 from inference.onnx_quant import read_onnx_quant
+from inference.providers import (
+    CPU,
+    TENSORRT,
+    XNNPACK,
+    OptionValue,
+    build_provider_list,
+    canonical_name,
+    default_cache_dir,
+    tensorrt_version,
+    trt_cache_folders,
+)
 from inference.runtime import Array, RuntimeOptions, TensorInfo
 
 log = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
+# onnxruntime exception classes that say the model file is bad, whatever the provider
+_MODEL_ERRORS = frozenset({"InvalidProtobuf", "NoSuchFile", "InvalidGraph", "NoModel"})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
 
 # onnxruntime's type strings -> numpy dtypes
 _ONNX_TYPES: dict[str, type[np.generic]] = {
@@ -84,46 +103,40 @@ def _onnx_quant(
 
 
 class OnnxRuntime:
-    """One ONNX model in an ``onnxruntime.InferenceSession``."""
+    """One ONNX model in an ``onnxruntime.InferenceSession``.
+
+    ``session_factory`` builds the session (``onnxruntime.InferenceSession`` by default); it is
+    called as ``factory(path, sess_options=..., providers=[(name, options), ...])``."""
 
     kind = "onnx"
 
-    def __init__(self, path: Path, options: RuntimeOptions | None = None) -> None:
+    def __init__(
+        self, path: Path, options: RuntimeOptions | None = None, session_factory: Any = None
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         options = options or RuntimeOptions()
         self.version: str = f"onnxruntime {ort.__version__}"
         self.options = options
-        so = ort.SessionOptions()
-        if options.threads is not None:
-            so.intra_op_num_threads = int(options.threads)
-        if options.inter_op_threads is not None:
-            so.inter_op_num_threads = int(options.inter_op_threads)
         level = options.graph_optimization
         if level not in _OPT_LEVELS:
             raise ConfigError(f"graph_optimization {level!r} is not one of {', '.join(_OPT_LEVELS)}")
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        so.log_severity_level = 3  # errors only: warnings go through our own log lines
-        for key, value in options.extra.items():
-            if key.startswith("session."):  # onnxruntime session config entries
-                so.add_session_config_entry(key, str(value))
-
-        providers = self._providers(options.providers, ort.get_available_providers())
-        try:
-            self._session = self._open(ort, so, providers)
-        except BundleError:
-            if providers == [CPU]:
-                raise
-            log.warning("%s: could not start with providers %s; falling back to CPU", self.path, providers)
-            providers = [CPU]
-            self._session = self._open(ort, so, providers)
+        if not self.path.is_file():
+            raise BundleError(f"model file {self.path} does not exist: check the path")
+        factory = session_factory if session_factory is not None else ort.InferenceSession
+        plan = self._plan(ort, options)
+        self._session = self._open_with_fallback(ort, factory, options, plan)
         self.providers: list[str] = list(self._session.get_providers())
+        self.provider: str = self.providers[0] if self.providers else CPU
+        dropped = [n for n, _ in plan if n not in self.providers]
+        if dropped:  # onnxruntime may drop a provider it cannot start (no GPU) without raising
+            log.warning(
+                "%s: onnxruntime dropped execution provider(s) %s at session creation; runs on %s",
+                self.path.name,
+                ", ".join(dropped),
+                ", ".join(self.providers),
+            )
 
         qin: dict[str, tuple[float, int]] = {}
         qout: dict[str, tuple[float, int]] = {}
@@ -142,36 +155,98 @@ class OnnxRuntime:
         self._input_names = [t.name for t in self.inputs]
         self._single = self._input_names[0] if len(self._input_names) == 1 else None
 
-    @staticmethod
-    def _providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
-        chosen: list[str] = []
-        for p in wanted:
-            if p in available:
-                if p not in chosen:
-                    chosen.append(p)
-            else:
-                log.warning(
-                    "execution provider %s is not available in this onnxruntime build (has %s); "
-                    "skipping it, CPU will run what it would have",
-                    p,
-                    ", ".join(available),
-                )
-        if CPU not in chosen:
-            chosen.append(CPU)
-        return chosen
+    def _plan(self, ort: Any, options: RuntimeOptions) -> list[tuple[str, dict[str, OptionValue]]]:
+        """The provider list to try, with the options the agent fills in (see inference/providers.py)."""
+        specs = options.specs
+        available = list(ort.get_available_providers())
+        trt = any(canonical_name(s.name) == TENSORRT for s in specs) and TENSORRT in available
+        cache_dir = options.cache_dir if options.cache_dir is not None else default_cache_dir()
+        plan = build_provider_list(
+            specs,
+            available,
+            self.path,
+            cache_dir,
+            ort.__version__,
+            trt_version=tensorrt_version() if trt else None,
+            threads=options.threads,
+        )
+        for folder in trt_cache_folders(plan):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot create the TensorRT engine cache folder {folder}: {err.strerror}; "
+                    "check the state folder's permissions or set trt_engine_cache_path"
+                ) from None
+        return plan
 
-    def _open(self, ort: Any, so: Any, providers: list[str]) -> Any:
-        try:
-            return ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
-        except Exception as exc:  # onnxruntime raises pybind11 classes with no common base
-            kind = type(exc).__name__
-            if kind == "NoSuchFile" or not self.path.is_file():
-                raise BundleError(f"model file {self.path} does not exist: check the path") from exc
-            detail = str(exc).split(" failed:", 1)[-1].strip() or str(exc)
-            raise BundleError(
-                f"{self.path}: onnxruntime cannot load this model ({kind}: {detail}); the file is "
-                "corrupt, truncated or not an ONNX model: rebuild it or fetch it again"
-            ) from exc
+    def _session_options(self, ort: Any, options: RuntimeOptions, names: Sequence[str]) -> Any:
+        so = ort.SessionOptions()
+        threads = options.threads
+        extra = dict(options.extra)
+        if XNNPACK in names:
+            # XNNPACK has its own thread pool (it got ``threads`` in build_provider_list): ORT's
+            # intra-op pool then runs only what XNNPACK does not take, and must not spin against it.
+            extra.setdefault("session.intra_op.allow_spinning", "0")
+            if threads is not None:
+                threads = 1
+        if threads is not None:
+            so.intra_op_num_threads = int(threads)
+        if options.inter_op_threads is not None:
+            so.inter_op_num_threads = int(options.inter_op_threads)
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[options.graph_optimization]
+        so.log_severity_level = 3  # errors only: warnings go through our own log lines
+        for key, value in extra.items():
+            if key.startswith("session."):  # onnxruntime session config entries
+                so.add_session_config_entry(key, str(value))
+        return so
+
+    def _open_with_fallback(
+        self,
+        ort: Any,
+        factory: Any,
+        options: RuntimeOptions,
+        plan: list[tuple[str, dict[str, OptionValue]]],
+    ) -> Any:
+        """A session with ``plan``; when it cannot be created, the first provider is dropped with one
+        log line and the rest tried, down to CPU. A model onnxruntime cannot read is not the
+        provider's fault: ``BundleError`` at once."""
+        while True:
+            names = [n for n, _ in plan]
+            try:
+                return factory(
+                    str(self.path),
+                    sess_options=self._session_options(ort, options, names),
+                    providers=[(n, dict(o)) for n, o in plan],
+                )
+            except Exception as exc:  # onnxruntime raises pybind11 classes with no common base
+                kind = type(exc).__name__
+                if len(plan) == 1 or kind in _MODEL_ERRORS or not self.path.is_file():
+                    raise self._load_error(exc) from exc
+                first = plan.pop(0)[0]
+                log.warning(
+                    "%s: execution provider %s failed (%s: %s); trying %s",
+                    self.path.name,
+                    first,
+                    kind,
+                    _first_line(exc),
+                    ", ".join(n for n, _ in plan),
+                )
+
+    def _load_error(self, exc: Exception) -> BundleError:
+        kind = type(exc).__name__
+        if kind == "NoSuchFile" or not self.path.is_file():
+            return BundleError(f"model file {self.path} does not exist: check the path")
+        detail = str(exc).split(" failed:", 1)[-1].strip() or str(exc)
+        return BundleError(
+            f"{self.path}: onnxruntime cannot load this model ({kind}: {detail}); the file is "
+            "corrupt, truncated or not an ONNX model: rebuild it or fetch it again"
+        )
 
     def run(self, feeds: Sequence[Array]) -> list[Array]:
         """Run one inference: one array per input in ``inputs`` order; returns the outputs in order."""

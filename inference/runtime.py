@@ -16,6 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.errors import BundleError, ConfigError
+from inference.providers import ProviderSpec, provider_specs
+
+__all__ = ["ProviderSpec", "Runtime", "RuntimeOptions", "TensorInfo", "load_runtime", "runtime_kind_for"]
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,28 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """Engine settings from config or flags. ``threads=None`` lets the engine decide."""
+    """Engine settings from config or flags. ``threads=None`` lets the engine decide.
+
+    ``providers`` is normalised to a tuple of ``ProviderSpec`` (plain names and aliases are
+    accepted: ``("cuda", "cpu")``); read it typed through ``specs``. ``cache_dir`` is where
+    engine caches live (TensorRT): the agent passes ``<state>/cache``; ``None`` is the user's
+    cache folder (inference/providers.py ``default_cache_dir``)."""
 
     threads: int | None = None
     inter_op_threads: int | None = None
-    providers: Sequence[str] = ("CPUExecutionProvider",)
+    providers: Sequence[ProviderSpec | str] = (ProviderSpec("CPUExecutionProvider"),)
     graph_optimization: str = "all"  # disable | basic | extended | all
     xnnpack: bool = True
     extra: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "providers", provider_specs(self.providers, "runtime providers"))
+
+    @property
+    def specs(self) -> tuple[ProviderSpec, ...]:
+        """``providers``, typed (always ``ProviderSpec`` after construction)."""
+        return tuple(p for p in self.providers if isinstance(p, ProviderSpec))
 
 
 Array = npt.NDArray[np.generic]
@@ -57,6 +74,7 @@ class Runtime(Protocol):
 
     kind: str  # "onnx" | "tflite"
     version: str  # the engine's version string
+    provider: str  # what runs most of the model: an ORT provider name, or LiteRT's "xnnpack" | "builtin"
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
 

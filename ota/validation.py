@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.errors import EdgeAgentError
+from inference.providers import provider_specs
 from inference.runtime import RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,11 @@ def validate_isolated(
             "bundle": str(bundle_path),
             "frames": str(frames_path) if frames else None,
             "policy": asdict(policy),
-            "options": {"threads": options.threads, "providers": list(options.providers)},
+            "options": {
+                "threads": options.threads,
+                "providers": [p.to_json() for p in options.specs],
+                "cache_dir": None if options.cache_dir is None else str(options.cache_dir),
+            },
         }
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
@@ -338,7 +343,9 @@ def _child_main() -> int:
         frames = list(np.load(request["frames"], allow_pickle=False))
     opts = request.get("options") or {}
     options = RuntimeOptions(
-        threads=opts.get("threads"), providers=tuple(opts.get("providers") or ("CPUExecutionProvider",))
+        threads=opts.get("threads"),
+        providers=provider_specs(opts.get("providers") or ["cpu"]),
+        cache_dir=Path(opts["cache_dir"]) if opts.get("cache_dir") else None,
     )
     policy = ValidationPolicy(**request.get("policy", {}))
     report = validate(Path(request["bundle"]), frames, policy, options)

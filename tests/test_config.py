@@ -19,6 +19,7 @@ from agent.config import (
 )
 from agent.paths import default_config_path, default_state_dir
 from inference.errors import ConfigError
+from inference.providers import ProviderSpec
 
 
 def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
@@ -55,7 +56,7 @@ seconds = 60
     assert cfg.state_dir == Path("/var/lib/edge-agent")
     assert cfg.max_frames == 100 and cfg.threads == 2 and cfg.loop is True
     assert cfg.runtime == "tflite" and cfg.log_level == "debug"
-    assert cfg.providers == ("CPUExecutionProvider",)
+    assert cfg.providers == (ProviderSpec("CPUExecutionProvider"),)
     assert cfg.probation == ProbationConfig(frames=300, seconds=60.0)
     assert cfg.swap_policy == "memory" and cfg.control == "127.0.0.1:8470"
 
@@ -378,3 +379,67 @@ def test_monitoring_flags_set_the_table() -> None:
 
     cfg = apply_overrides(Config(), {"window": "5m", "metrics": "9464"})
     assert cfg.monitoring.window == "300s" and cfg.monitoring.metrics == "9464"
+
+
+# -- execution providers -------------------------------------------------------------------
+
+
+def test_providers_names_aliases_and_tables(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+threads = 2
+
+[[providers]]
+name = "tensorrt"
+options = { trt_fp16_enable = true, device_id = 0 }
+
+[[providers]]
+name = "CUDAExecutionProvider"
+
+[[providers]]
+name = "cpu"
+""",
+    )
+    cfg = load_config(path)
+    assert cfg.providers == (
+        ProviderSpec("TensorrtExecutionProvider", {"trt_fp16_enable": True, "device_id": 0}),
+        ProviderSpec("CUDAExecutionProvider"),
+        ProviderSpec("CPUExecutionProvider"),
+    )
+    assert cfg.to_dict()["providers"] == [
+        {"name": "TensorrtExecutionProvider", "options": {"trt_fp16_enable": True, "device_id": 0}},
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert parse_config(cfg.to_dict(), "round trip").providers == cfg.providers
+
+
+def test_providers_plain_list_and_case_are_accepted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, 'providers = ["xnnpack", "TensorRTExecutionProvider", "CPU"]\n'))
+    assert [p.name for p in cfg.providers] == [
+        "XnnpackExecutionProvider",
+        "TensorrtExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert apply_overrides(Config(), {"providers": "cuda,cpu"}).providers == (
+        ProviderSpec("CUDAExecutionProvider"),
+        ProviderSpec("CPUExecutionProvider"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[[providers]]\nname = "cuda"\ndevice = 0\n', "unknown key 'device'"),
+        ("[[providers]]\noptions = { a = 1 }\n", "needs a name"),
+        ('[[providers]]\nname = "cuda"\noptions = { device_id = [0] }\n', "option 'device_id'"),
+        ('[[providers]]\nname = "cuda"\noptions = 3\n', "options must be a table"),
+        ('providers = ["gpu"]\n', "'gpu' is not an execution provider"),
+        ("providers = []\n", "expected a list of execution providers"),
+    ],
+)
+def test_bad_provider_entries_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert needle in str(err.value) and "providers" in str(err.value)
