@@ -208,6 +208,7 @@ def _fmt_status(s: dict[str, Any]) -> str:
     lines = [
         f"model     {s.get('model')} v{s.get('version')} ({str(s.get('sha256') or '')[:12]})",
         f"phase     {s.get('phase')}" + (f"  ({s['reason']})" if s.get("reason") else ""),
+        *([f"runtime   {s.get('runtime')} on {s['provider']}"] if s.get("provider") else []),
         f"frames    {s.get('frames')}  dropped {s.get('dropped')}  fps {s.get('fps', 0):.1f}",
         f"uptime    {s.get('uptime_s', 0):.0f} s",
         f"previous  {('v' + str(prev.get('version'))) if prev else '-'}",

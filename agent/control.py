@@ -1,7 +1,8 @@
 """Local control API: HTTP on a unix socket in the state root (default) or, when asked, on TCP.
 
     GET  /healthz            200 {"ok": true} while the inference loop's heartbeat is fresh, else 503
-    GET  /status             model, version, sha256, phase, frames, dropped, fps, uptime_s, previous, …
+    GET  /status             model, version, sha256, runtime, provider, phase, frames, dropped, fps,
+                             uptime_s, previous, …
     GET  /models             the versions in the store, with which is current / previous / pinned
     POST /models/activate    {"version": N[, "name": S][, "force": true]}  explicit activation; the
                              rules (pin, downgrade, release counter) apply unless "force" is true

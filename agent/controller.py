@@ -56,10 +56,13 @@ class DaemonController:
     def status(self) -> dict[str, Any]:
         s = self.pipeline.stats()
         model = self.handle.current
+        runtime = getattr(model, "runtime", None)  # NoModel has none
         out: dict[str, Any] = {
             "model": model.name,
             "version": model.version,
             "sha256": model.sha256,
+            "runtime": getattr(runtime, "version", None),  # "onnxruntime 1.22.0" | "ai-edge-litert 1.3.0"
+            "provider": getattr(runtime, "provider", None),  # CPUExecutionProvider, xnnpack, builtin, ...
             "phase": "IDLE",
             "frames": s.frames,
             "dropped": s.dropped,

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from agent import cli_control
 from agent.control import ControlServer, RequestError, ensure_token, parse_address
+from agent.controller import DaemonController
+from agent.handle import ModelHandle
+from agent.pipeline import PipelineStats
+from agent.swapper import NoModel
 from inference.errors import ConfigError, TransientError
+from inference.runtime import RuntimeOptions
 
 
 class FakeController:
@@ -33,6 +39,8 @@ class FakeController:
             "model": "det",
             "version": 2,
             "sha256": "ab" * 32,
+            "runtime": "onnxruntime 1.22.0",
+            "provider": "CPUExecutionProvider",
             "phase": "IDLE",
             "frames": 10,
             "dropped": 0,
@@ -148,6 +156,7 @@ def test_cli_client(
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "det v2" in out and "fps 29.5" in out
+    assert "runtime   onnxruntime 1.22.0 on CPUExecutionProvider" in out
     args = _cli(["status", "--json", *ctl_flags])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "det"
@@ -203,3 +212,35 @@ def test_token_from_ensure_token_opens_writes(tmp_path: Path) -> None:
         assert r.status_code == 200
     finally:
         srv.close()
+
+
+def _stats() -> PipelineStats:
+    return PipelineStats(
+        model="m", version=1, frames=3, errors=0, dropped=0, captured=3, sink_errors=0, reconnects=0,
+        fps=10.0, latency_p50_ms=1.0, latency_p95_ms=2.0, detections=0, uptime_s=1.0, source_ok=True,
+        source_status="ok",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["onnx", "tflite"])
+def test_status_says_which_runtime_and_provider_run_the_model(
+    tiny_models: dict[str, Path], zoo_model: Callable[[str], Path], model: str
+) -> None:
+    from inference.model import load_model
+
+    path = tiny_models["classifier"] if model == "onnx" else zoo_model("blazeface")
+    loaded = load_model(path, RuntimeOptions(providers=("cpu",), threads=1))
+    pipeline = SimpleNamespace(stats=_stats, heartbeat=0.0)
+    try:
+        status = DaemonController(cast(Any, pipeline), ModelHandle(loaded), None).status()
+    finally:
+        loaded.close()
+    want = ("onnxruntime ", "CPUExecutionProvider") if model == "onnx" else ("ai-edge-litert", "xnnpack")
+    assert str(status["runtime"]).startswith(want[0]) and status["provider"] == want[1]
+    json.dumps(status)  # what /status serves
+
+
+def test_status_without_a_model_has_no_provider() -> None:
+    pipeline = SimpleNamespace(stats=_stats, heartbeat=0.0)
+    status = DaemonController(cast(Any, pipeline), ModelHandle(NoModel("broken")), None).status()
+    assert status["provider"] is None and status["runtime"] is None
