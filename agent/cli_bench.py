@@ -2,14 +2,16 @@
 
     edge-agent bench MODEL_OR_BUNDLE [--runtime auto|onnx|tflite] [--threads 1,2,4] [--runs N]
                      [--warmup N] [--duration S] [--input random|golden|DIR] [--shape [NAME:]DxD…]
-                     [--json] [--out FILE]
+                     [--providers tensorrt,cuda,cpu] [--json] [--out FILE]
     edge-agent bench --compare A B [same options]       output agreement beside the speed figures
     edge-agent bench MODEL --pipeline --source SPEC     end-to-end through the agent's pipeline
 
 Each runtime × thread count is measured in its own fresh process (``python -m inference.bench``)
 so the peak RSS and the RSS added by loading the model are the OS's figures for that
-configuration alone. What is timed is the runtime's ``run()`` on a prepared input, as in
-TFLite's ``benchmark_model`` and ``onnxruntime_perf_test``.
+configuration alone; each result says which execution provider ran it (``provider``: the first
+of the session's providers for ONNX Runtime, ``xnnpack`` or ``builtin`` for LiteRT). What is
+timed is the runtime's ``run()`` on a prepared input, as in TFLite's ``benchmark_model`` and
+``onnxruntime_perf_test``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from inference.bench import (
 )
 from inference.errors import ConfigError
 from inference.fsio import atomic_write_json
+from inference.providers import provider_specs
 
 DEFAULT_RUNS = 100
 DEFAULT_WARMUP = 10
@@ -48,6 +51,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", nargs="?", help="a bundle folder, a bare .onnx/.tflite file, or a zoo model name")
     p.add_argument("--runtime", default="auto", help="auto (by file type), onnx or tflite (default: auto)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2,4 (default: 1)")
+    p.add_argument(
+        "--providers",
+        default=None,
+        help="execution providers in order, e.g. tensorrt,cuda,cpu or xnnpack,cpu (default: cpu); "
+        "each result says which one ran",
+    )
     p.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs (default: {DEFAULT_RUNS})")
     p.add_argument(
         "--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs first (default: {DEFAULT_WARMUP})"
@@ -94,6 +103,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     threads = parse_threads(args.threads)
+    providers = [p.name for p in provider_specs(args.providers, "--providers")] if args.providers else []
     parse_shapes(args.shape)
     _check_counts(args)
     progress = bool(err.isatty())  # stderr only: stdout stays a clean table or JSON document
@@ -130,6 +140,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     args.input,
                     args.shape,
                     progress=progress,
+                    providers=providers,
                 )
             )
     doc: dict[str, Any] = {"results": [r.to_json() for r in results], "machine": machine_info()}
@@ -154,14 +165,15 @@ def _emit(doc: dict[str, Any], args: argparse.Namespace, out: TextIO, table: Any
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("runtime", "runtime"), ("threads", "thr"), ("init_ms", "init ms"), ("first_ms", "first ms"),
-    ("mean", "mean"), ("std", "std"), ("min", "min"), ("p50", "p50"), ("p90", "p90"), ("p99", "p99"),
-    ("max", "max"), ("fps", "fps"), ("peak_rss_mb", "peak MB"), ("rss_model_mb", "model MB"),
+    ("runtime", "runtime"), ("provider", "provider"), ("threads", "thr"), ("init_ms", "init ms"),
+    ("first_ms", "first ms"), ("mean", "mean"), ("std", "std"), ("min", "min"), ("p50", "p50"),
+    ("p90", "p90"), ("p99", "p99"), ("max", "max"), ("fps", "fps"), ("peak_rss_mb", "peak MB"),
+    ("rss_model_mb", "model MB"),
 )  # fmt: skip
 
 
 def _cell(r: dict[str, Any], key: str) -> str:
-    v = r["latency_ms"][key] if key in r["latency_ms"] else r[key]
+    v = r["latency_ms"][key] if key in r["latency_ms"] else r.get(key, "")
     if isinstance(v, float):
         return (
             f"{v:.1f}" if key in ("fps", "peak_rss_mb", "rss_model_mb", "init_ms") or v >= 100 else f"{v:.3f}"

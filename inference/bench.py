@@ -190,6 +190,8 @@ class BenchResult:
     rss_model_mb: float  # VmRSS after loading minus before (engine already imported)
     rss_first_mb: float  # VmRSS added by the first run
     isolated: bool = False  # measured in its own subprocess
+    provider: str = ""  # what ran the model: an ORT execution provider, or LiteRT's xnnpack | builtin
+    providers: list[str] = field(default_factory=list)  # the provider list asked for (names)
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self, samples: bool = False) -> dict[str, Any]:
@@ -548,6 +550,7 @@ def run_bench(
         graph_optimization=opts.graph_optimization,
         xnnpack=opts.xnnpack,
         extra=dict(opts.extra),
+        cache_dir=opts.cache_dir,
     )
     rss0 = rss_mb()
     t0 = time.perf_counter()
@@ -582,6 +585,8 @@ def run_bench(
             rss_model_mb=rss_loaded - rss0,
             rss_first_mb=rss_first - rss_inputs,
             samples_ms=[float(x) for x in samples],
+            provider=str(runtime.provider),
+            providers=[p.name for p in opts.specs],
         )
     finally:
         runtime.close()
@@ -613,9 +618,12 @@ def worker_command(
     shapes: Sequence[str] = (),
     progress: bool = False,
     samples: bool = False,
+    providers: Sequence[str] = (),
 ) -> list[str]:
     cmd = [sys.executable, "-m", "inference.bench", str(model), "--runtime", kind, "--threads", str(threads),
            "--runs", str(runs), "--warmup", str(warmup), "--input", input_mode]  # fmt: skip
+    if providers:
+        cmd += ["--providers", ",".join(providers)]
     if duration is not None:
         cmd += ["--duration", str(duration)]
     for s in shapes:
@@ -642,12 +650,16 @@ def bench_isolated(
     progress: bool = False,
     samples: bool = False,
     timeout: float | None = None,
+    providers: Sequence[str] = (),
 ) -> BenchResult:
-    """``run_bench`` in a fresh ``python -m inference.bench`` process; its stderr passes through."""
+    """``run_bench`` in a fresh ``python -m inference.bench`` process; its stderr passes through.
+    ``providers``: execution provider names or aliases in order (default: CPU)."""
     env = dict(os.environ)
     root = str(_project_root())
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = worker_command(model, kind, threads, runs, warmup, duration, input_mode, shapes, progress, samples)
+    cmd = worker_command(
+        model, kind, threads, runs, warmup, duration, input_mode, shapes, progress, samples, providers
+    )
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -693,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shape", action="append", default=[])
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--samples", action="store_true")
+    ap.add_argument("--providers", default=None, help="execution providers in order, e.g. xnnpack,cpu")
     ap.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
     args = ap.parse_args(argv)
     label = f"{Path(args.model).name} {args.runtime} threads={args.threads}"
@@ -707,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input,
             parse_shapes(args.shape),
             _stderr_progress(label) if args.progress else None,
+            RuntimeOptions(providers=args.providers) if args.providers else None,
         )
     except EdgeAgentError as exc:
         print(json.dumps({"error": str(exc), "type": type(exc).__name__}))

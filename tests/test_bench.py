@@ -349,13 +349,29 @@ def test_cli_json_document(
     (r,) = doc["results"]
     assert r["model"] == "uint8" and r["runtime"] == "onnx" and r["threads"] == 1 and r["runs"] == 5
     assert r["peak_rss_mb"] > 0 and "rss_model_mb" in r
+    assert r["provider"] == "CPUExecutionProvider" and r["providers"] == ["CPUExecutionProvider"]
     assert json.loads(out_file.read_text()) == doc
+
+
+def test_cli_providers_fall_back_and_each_result_says_which_ran(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CUDA is not in this CPU build: the measuring process logs it and CPU runs the model."""
+    code, out, err = _cli([str(models["conv"]), "--runs", "2", "--warmup", "0", "--providers", "cuda,cpu",
+                           "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    (r,) = json.loads(out)["results"]
+    assert r["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert r["provider"] == "CPUExecutionProvider"
+    code, out, err = _cli([str(models["conv"]), "--runs", "2", "--warmup", "0", "--providers", "gpu"], capsys)
+    assert code == 2 and "'gpu' is not an execution provider" in err
 
 
 def test_cli_table(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli([str(models["cast"]), "--runs", "3", "--warmup", "0"], capsys)
     assert code == 0, err
     assert "p50" in out and "peak MB" in out and "machine:" in out and "cast" in out
+    assert "provider" in out and "CPUExecutionProvider" in out
 
 
 @pytest.mark.parametrize(
@@ -611,6 +627,7 @@ def test_tflite_bare_file_and_bundle(
     assert code == 0, err
     (res,) = json.loads(out)["results"]
     assert res["model"] == "blazeface" and res["runtime"] == "tflite" and res["peak_rss_mb"] > 0
+    assert res["provider"] == "xnnpack" and r.provider == "xnnpack"
     code, _, err = _cli([str(zoo_model("blazeface")), "--runtime", "onnx", "--runs", "1"], capsys)
     assert code == 2 and "onnx runtime cannot run it" in err
 
