@@ -443,3 +443,14 @@ def test_bad_provider_entries_name_the_problem(tmp_path: Path, text: str, needle
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     assert needle in str(err.value) and "providers" in str(err.value)
+
+
+def test_the_provider_examples_in_the_deploy_guide_parse(tmp_path: Path) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "providers" in b]
+    names = [[p.name for p in load_config(write(tmp_path, b)).providers] for b in blocks]
+    assert ["XnnpackExecutionProvider", "CPUExecutionProvider"] in names
+    assert ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"] in names
+    assert ["QNNExecutionProvider", "CPUExecutionProvider"] in names
