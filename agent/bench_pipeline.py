@@ -143,8 +143,10 @@ def pipeline_fps(
     }
 
 
-def load(model: str | Path, threads: int, runtime: str | None = None) -> LoadedModel:
-    return load_model(Path(model), RuntimeOptions(threads=threads), runtime)
+def load(
+    model: str | Path, threads: int, runtime: str | None = None, input_size: tuple[int, int] | None = None
+) -> LoadedModel:
+    return load_model(Path(model), RuntimeOptions(threads=threads), runtime, input_size=input_size)
 
 
 def measure_once(model: LoadedModel, spec: str, frames: int, loop: bool = False) -> dict[str, Any]:
@@ -181,6 +183,7 @@ def bench_pipeline(
     frames: int = 300,
     threads: int = 1,
     runtime: str | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The ``--pipeline`` figures for the CLI (one round; see ``measure_once``)."""
     spec = source or DEFAULT_SOURCE
@@ -188,7 +191,7 @@ def bench_pipeline(
         from inference.errors import ConfigError
 
         raise ConfigError(f"--frames {frames}: the pipeline needs at least 2 frames")
-    lm = load(model, threads, runtime)
+    lm = load(model, threads, runtime, input_size)
     try:
         lm.infer(read_frames(spec, 1)[0])  # first inference outside the timing, as in the bare figure
         out = measure_once(lm, spec, frames)

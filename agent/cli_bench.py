@@ -27,6 +27,7 @@ from inference.bench import (
     BenchResult,
     bench_isolated,
     machine_info,
+    parse_input_size,
     parse_shapes,
     parse_threads,
     resolve_target,
@@ -67,6 +68,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--shape", action="append", default=[], metavar="[NAME:]DxD…",
                    help="the input shape for dynamic dims, e.g. 1x3x480x640 (repeatable)")  # fmt: skip
+    p.add_argument("--input-size", metavar="HxW", default=None,
+                   help="height x width for a model whose input size is dynamic, as for run")  # fmt: skip
     p.add_argument("--json", action="store_true", help='print {"results": [...], "machine": {...}}')
     p.add_argument("--out", type=Path, default=None, help="also write the JSON document to FILE")
     p.add_argument(
@@ -105,6 +108,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     threads = parse_threads(args.threads)
     providers = [p.name for p in provider_specs(args.providers, "--providers")] if args.providers else []
     parse_shapes(args.shape)
+    input_size = parse_input_size(args.input_size)
     _check_counts(args)
     progress = bool(err.isatty())  # stderr only: stdout stays a clean table or JSON document
     if args.compare is not None:
@@ -141,6 +145,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     args.shape,
                     progress=progress,
                     providers=providers,
+                    input_size=input_size,
                 )
             )
     doc: dict[str, Any] = {"results": [r.to_json() for r in results], "machine": machine_info()}
@@ -148,8 +153,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from agent.bench_pipeline import bench_pipeline
 
         doc["pipeline"] = bench_pipeline(
-            model_arg, source=args.source, frames=args.frames, threads=threads[0], runtime=kinds[0]
-        )
+            model_arg, source=args.source, frames=args.frames, threads=threads[0], runtime=kinds[0],
+            input_size=input_size,
+        )  # fmt: skip
     _emit(doc, args, out, _table)
     return 0
 

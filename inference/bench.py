@@ -293,6 +293,18 @@ def parse_threads(text: str) -> list[int]:
     return out
 
 
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """``--input-size HxW`` -> ``(h, w)`` (``None`` when not given); ``ConfigError`` on a bad value."""
+    if text is None:
+        return None
+    from inference.preprocess import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"--input-size: {exc}") from None
+
+
 def parse_shapes(texts: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """``["1x3x480x640"]`` or ``["images:1x3x480x640"]`` -> {name or "": shape}."""
     out: dict[str, tuple[int, ...]] = {}
@@ -444,18 +456,46 @@ def _read_images(folder: Path, limit: int = 32) -> list[npt.NDArray[np.uint8]]:
     return [np.ascontiguousarray(i, dtype=np.uint8) for i in images]
 
 
+def _image_hint(
+    target: Target, runtime: Runtime, input_size: tuple[int, int] | None
+) -> tuple[int, ...] | None:
+    """The first input's shape as ``load_model`` would choose it (the manifest's, the exporter
+    metadata's for a bare file, ``input_size``); ``None`` for an input that is not an image."""
+    info = runtime.inputs[0]
+    if len(info.shape) not in (3, 4):
+        if input_size is not None:
+            raise ConfigError(
+                f"--input-size: input {info.name!r} is {_fmt_shape(info.shape)}, not an image; use --shape"
+            )
+        return None
+    from inference.exporter_config import read_exporter_config
+    from inference.preprocess import resolve_input_spec
+
+    spec_in = dict(getattr(target.manifest, "input", None) or {})
+    if target.bundle_root is None:
+        cfg = read_exporter_config(
+            target.model_path, runtime.kind, runtime.inputs, runtime.outputs, input_size
+        )
+        spec_in = dict(cfg.input) if cfg is not None else {}
+    if not spec_in and input_size is None:
+        return None
+    return resolve_input_spec(spec_in, info, str(target.model_path), size=input_size).shape
+
+
 def prepare_inputs(
     target: Target,
     runtime: Runtime,
     mode: str,
     shapes: dict[str, tuple[int, ...]] | None = None,
     seed: int = 0,
+    input_size: tuple[int, int] | None = None,
 ) -> list[list[Array]]:
-    """Feeds for the timed loop (one list per distinct input set), built before timing."""
+    """Feeds for the timed loop (one list per distinct input set), built before timing.
+    Random inputs take the shape ``load_model`` would (``input_size`` for dynamic dims)."""
     shapes = shapes or {}
     if mode == "random":
         rng = np.random.default_rng(seed)
-        hint = _manifest_input_shape(target.manifest)
+        hint = _image_hint(target, runtime, input_size) if runtime.inputs else None
         feeds: list[Array] = []
         for n, info in enumerate(runtime.inputs):
             override = shapes.get(info.name, shapes.get("") if n == 0 else None)
@@ -531,6 +571,7 @@ def run_bench(
     shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Progress | None = None,
     options: RuntimeOptions | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> BenchResult:
     """Measure one configuration in this process (see ``bench_isolated`` for honest RSS)."""
     if runs < 1 and duration is None:
@@ -558,7 +599,7 @@ def run_bench(
     init_ms = (time.perf_counter() - t0) * 1000.0
     try:
         rss_loaded = rss_mb()
-        feeds = prepare_inputs(target, runtime, input_mode, shapes)
+        feeds = prepare_inputs(target, runtime, input_mode, shapes, input_size=input_size)
         rss_inputs = rss_mb()
         t0 = time.perf_counter()
         runtime.run(feeds[0])
@@ -619,6 +660,7 @@ def worker_command(
     progress: bool = False,
     samples: bool = False,
     providers: Sequence[str] = (),
+    input_size: tuple[int, int] | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "inference.bench", str(model), "--runtime", kind, "--threads", str(threads),
            "--runs", str(runs), "--warmup", str(warmup), "--input", input_mode]  # fmt: skip
@@ -628,6 +670,8 @@ def worker_command(
         cmd += ["--duration", str(duration)]
     for s in shapes:
         cmd += ["--shape", s]
+    if input_size is not None:
+        cmd += ["--input-size", f"{input_size[0]}x{input_size[1]}"]
     if progress:
         cmd.append("--progress")
     if samples:
@@ -651,6 +695,7 @@ def bench_isolated(
     samples: bool = False,
     timeout: float | None = None,
     providers: Sequence[str] = (),
+    input_size: tuple[int, int] | None = None,
 ) -> BenchResult:
     """``run_bench`` in a fresh ``python -m inference.bench`` process; its stderr passes through.
     ``providers``: execution provider names or aliases in order (default: CPU)."""
@@ -658,7 +703,18 @@ def bench_isolated(
     root = str(_project_root())
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = worker_command(
-        model, kind, threads, runs, warmup, duration, input_mode, shapes, progress, samples, providers
+        model,
+        kind,
+        threads,
+        runs,
+        warmup,
+        duration,
+        input_mode,
+        shapes,
+        progress,
+        samples,
+        providers,
+        input_size,
     )
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, timeout=timeout, check=False)
@@ -703,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--input", default="random")
     ap.add_argument("--shape", action="append", default=[])
+    ap.add_argument("--input-size", default=None)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--samples", action="store_true")
     ap.add_argument("--providers", default=None, help="execution providers in order, e.g. xnnpack,cpu")
@@ -721,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parse_shapes(args.shape),
             _stderr_progress(label) if args.progress else None,
             RuntimeOptions(providers=args.providers) if args.providers else None,
+            parse_input_size(args.input_size),
         )
     except EdgeAgentError as exc:
         print(json.dumps({"error": str(exc), "type": type(exc).__name__}))

@@ -301,3 +301,17 @@ def _with_metadata(path: Path, meta: dict[str, str]) -> Path:
     helper.set_model_props(model, meta)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def test_bench_takes_the_exporters_size_and_input_size(tmp_path: Path) -> None:
+    yolo = ex.ultralytics_detector(tmp_path / "yolo.onnx")  # dynamic H, W; imgsz 320
+    res = run_agent(["bench", str(yolo), "--runs", "3", "--warmup", "0", "--json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["results"][0]["input_shapes"] == [[1, 3, 320, 320]]
+    odd = ex.needs_size(tmp_path / "m.onnx", runs_at=(48, 96))
+    res = run_agent(["bench", str(odd), "--runs", "3", "--warmup", "0", "--input-size", "48x96", "--json"],
+                    tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["results"][0]["input_shapes"] == [[1, 3, 48, 96]]
+    bad = run_agent(["bench", str(odd), "--input-size", "tall"], tmp_path)
+    assert bad.returncode == 2 and "--input-size" in bad.stderr
