@@ -106,10 +106,10 @@ def resolve_model(spec: str) -> Path:
         return path
     from inference import zoo
 
-    if spec in zoo.NAMES:
-        return zoo.bundle_dir(spec)  # fetched and built on first use
+    if spec in zoo.MODEL_NAMES:
+        return zoo.model_path(spec)  # fetched (and its bundle built) on first use
     raise BundleError(
-        f"model {spec!r}: no such file or folder, and not a zoo model ({', '.join(zoo.NAMES)}); "
+        f"model {spec!r}: no such file or folder, and not a zoo model ({', '.join(zoo.MODEL_NAMES)}); "
         "give a bundle folder, a .onnx/.tflite file or a zoo name"
     )
 

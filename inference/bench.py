@@ -236,12 +236,12 @@ def resolve_target(spec: str | Path, runtime: str | None = None) -> Target:
     if not path.exists():
         from inference import zoo
 
-        if text in zoo.NAMES:
-            path = zoo.bundle_dir(text)
+        if text in zoo.MODEL_NAMES:
+            path = zoo.model_path(text)
         else:
             raise BundleError(
                 f"{text}: no such model file or bundle folder, and not a zoo model name; "
-                f"give a .onnx/.tflite file, a bundle folder or one of {', '.join(zoo.NAMES)}"
+                f"give a .onnx/.tflite file, a bundle folder or one of {', '.join(zoo.MODEL_NAMES)}"
             )
     if path.is_file():  # a bare model file: no manifest needed to time it
         fmt = _format_of(path, runtime)

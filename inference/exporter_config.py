@@ -277,17 +277,18 @@ def _tflite(path: Path, inp: TensorInfo, outputs: Sequence[TensorInfo], where: s
     float_input = np.dtype(inp.dtype).kind == "f"
     if info.inputs:
         m = info.inputs[0]
-        if m.mean and m.std and float_input:
+        # The normalisation gives the real value; a quantised input then takes it through its own
+        # (scale, zero point), as the preprocessor does for any spec (q = x / s + zp).
+        if m.mean and m.std and (float_input or inp.quant is not None):
             if any(s == 0 for s in m.std):
                 raise BundleError(f"{where}: the TFLite metadata's normalisation has std 0: fix the metadata")
             spec.update(scale=1.0, mean=list(m.mean) if len(m.mean) > 1 else m.mean[0],
                         std=list(m.std) if len(m.std) > 1 else m.std[0])  # fmt: skip
-            notes.append(f"input (pixel - {list(m.mean)}) / {list(m.std)} from the metadata")
+            notes.append(f"input (pixel - {m.mean[0] if len(m.mean) == 1 else list(m.mean)}) / "
+                         f"{m.std[0] if len(m.std) == 1 else list(m.std)} from the metadata")  # fmt: skip
         elif m.min and m.max and float_input and len(m.min) == 1 and len(m.max) == 1 and m.max[0] > m.min[0]:
             spec.update(scale=(m.max[0] - m.min[0]) / 255.0, mean=-m.min[0], std=1.0)
             notes.append(f"input range [{m.min[0]}, {m.max[0]}] from the metadata")
-        elif m.mean and not float_input:
-            notes.append("the metadata's normalisation is left to the quantised input's own parameters")
     if info.postprocess is not None:
         labels = info.labels.get(info.postprocess["classes"]) or next(iter(info.labels.values()), [])
         notes.append(f"outputs {info.postprocess} from the graph's TFLite_Detection_PostProcess")
@@ -297,10 +298,19 @@ def _tflite(path: Path, inp: TensorInfo, outputs: Sequence[TensorInfo], where: s
     labels = info.labels.get(0, [])
     out = outputs[0].shape if len(outputs) == 1 else ()
     if labels and len(out) in (1, 2) and out[-1] == len(labels):
+        # A quantised classifier's output is its softmax (TFLite's 1/256 scale): dequantised, its sum is
+        # only near 1, so "auto" would apply a second softmax and flatten it.
+        params = {"softmax": "false"} if outputs[0].quant is not None else {}
         return ExporterConfig(
-            "tflite-metadata", "classification", "classification", {}, labels, spec, tuple(notes)
+            "tflite-metadata", "classification", "classification", params, labels, spec, tuple(notes)
         )
     return ExporterConfig("tflite-metadata", "", "raw", {}, labels, spec, tuple(notes))
+
+
+def _is_sequence_head(outputs: Sequence[TensorInfo]) -> bool:
+    """One (1, T, C) or (T, C) output: a recogniser's. PaddleDetection models (PicoDet layout) keep
+    their class names under ``character`` too, with several outputs: those are not recognisers."""
+    return len(outputs) == 1 and len(outputs[0].shape) in (2, 3)
 
 
 def read_exporter_config(
@@ -321,7 +331,7 @@ def read_exporter_config(
     from inference.onnx_metadata import read_onnx_metadata
 
     meta = read_onnx_metadata(Path(path))
-    if "character" in meta:
+    if "character" in meta and _is_sequence_head(outputs):
         return _paddleocr(meta, inputs[0], outputs, where, input_size)
     if is_ultralytics(meta):
         return _ultralytics(meta, inputs[0], where, input_size)

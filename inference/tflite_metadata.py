@@ -25,7 +25,6 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
 
 from inference.errors import BundleError
 
@@ -200,12 +199,13 @@ def _postprocess(fb: _FlatBuffer, model: int, graph: int) -> dict[str, int] | No
     return None
 
 
-def _labels(data: Buffer, names: dict[int, str], origin: str) -> dict[int, list[str]]:
-    """The labels files the metadata names, from the zip archive appended to the model."""
+def _labels(data: Buffer, names: dict[int, str], origin: str, path: Path | None) -> dict[int, list[str]]:
+    """The labels files the metadata names, from the zip archive appended to the model (read from
+    ``path`` when given: zipfile seeks, which an mmap cannot do on every Python)."""
     if not names:
         return {}
     try:
-        zf = zipfile.ZipFile(cast(IO[bytes], data) if isinstance(data, mmap.mmap) else io.BytesIO(data))
+        zf = zipfile.ZipFile(path if path is not None else io.BytesIO(bytes(data)))
     except zipfile.BadZipFile:
         raise BundleError(
             f"{origin}: the TFLite metadata names labels file(s) {sorted(set(names.values()))} but the model "
@@ -228,8 +228,9 @@ def _labels(data: Buffer, names: dict[int, str], origin: str) -> dict[int, list[
     return out
 
 
-def parse_tflite(data: Buffer, origin: str) -> TfliteInfo:
-    """What ``data`` (a whole .tflite file) says about itself; ``BundleError`` on malformed bytes."""
+def parse_tflite(data: Buffer, origin: str, path: Path | None = None) -> TfliteInfo:
+    """What ``data`` (a whole .tflite file, read from ``path`` if given) says about itself;
+    ``BundleError`` on malformed bytes."""
     try:
         fb = _FlatBuffer(data)
         model = fb.root()
@@ -251,7 +252,7 @@ def parse_tflite(data: Buffer, origin: str) -> TfliteInfo:
             f"{origin}: the .tflite file is malformed ({exc}); it is corrupt or truncated: "
             "convert the model again"
         ) from None
-    labels = _labels(data, {i: o.labels_file for i, o in enumerate(outs) if o.labels_file}, origin)
+    labels = _labels(data, {i: o.labels_file for i, o in enumerate(outs) if o.labels_file}, origin, path)
     return TfliteInfo(True, name, ins, outs, labels, post)
 
 
@@ -262,7 +263,7 @@ def read_tflite_info(path: Path) -> TfliteInfo:
             if os.fstat(f.fileno()).st_size < 8:
                 raise BundleError(f"{path}: too short to be a .tflite model: convert the model again")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return parse_tflite(mm, str(path))
+                return parse_tflite(mm, str(path), Path(path))
     except OSError as exc:
         raise BundleError(
             f"{path}: cannot read the model file ({exc}): check the path and permissions"
