@@ -293,8 +293,21 @@ def _tflite(path: Path, inp: TensorInfo, outputs: Sequence[TensorInfo], where: s
         labels = info.labels.get(info.postprocess["classes"]) or next(iter(info.labels.values()), [])
         notes.append(f"outputs {info.postprocess} from the graph's TFLite_Detection_PostProcess")
         spec.setdefault("resize", "stretch")
+        params: dict[str, Any] = {"outputs": dict(info.postprocess)}
+        n = info.num_classes
+        if labels and n is not None and len(labels) != n:
+            if len(labels) == n + 1 and labels[0].lower() in ("???", "background"):
+                params["label_offset"] = 1  # a TF1 label map: its first line is the background
+                notes.append(f"label_offset 1 (the labels file starts with {labels[0]!r})")
+            else:
+                raise BundleError(
+                    f"{where}: the TFLite metadata's labels file has {len(labels)} labels but the model's "
+                    f"TFLite_Detection_PostProcess has num_classes {n}: the labels do not belong to this "
+                    "model; write the metadata again with its own labels file, or make a bundle with "
+                    "`edge-agent bundle create --labels`"
+                )
         return ExporterConfig("tflite-detection-postprocess", "object_detection", "detection_postprocess",
-                              {"outputs": dict(info.postprocess)}, labels, spec, tuple(notes))  # fmt: skip
+                              params, labels, spec, tuple(notes))  # fmt: skip
     labels = info.labels.get(0, [])
     out = outputs[0].shape if len(outputs) == 1 else ()
     if labels and len(out) in (1, 2) and out[-1] == len(labels):

@@ -143,6 +143,7 @@ class TfliteInfo:
     outputs: tuple[TensorMeta, ...] = ()
     labels: dict[int, list[str]] = field(default_factory=dict)
     postprocess: dict[str, int] | None = None
+    num_classes: int | None = None  # the post-processing op's own option, when it says
 
 
 def _tensor_meta(fb: _FlatBuffer, t: int) -> TensorMeta:
@@ -183,7 +184,27 @@ def _metadata(fb: _FlatBuffer, model: int) -> tuple[int, int] | None:
     return None
 
 
-def _postprocess(fb: _FlatBuffer, model: int, graph: int) -> dict[str, int] | None:
+def _num_classes(options: bytes, origin: str) -> int | None:
+    """``num_classes`` from the op's custom options (a FlexBuffers map), when it can be read."""
+    try:
+        from flatbuffers import flexbuffers  # LiteRT's own dependency
+    except ImportError:  # pragma: no cover - tflite-runtime devices without the package
+        return None
+    try:
+        value = flexbuffers.Loads(options).get("num_classes") if options else None
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError, struct.error, UnicodeDecodeError):
+        raise BundleError(
+            f"{origin}: the {POSTPROCESS_OP} op's options are malformed; convert the model again"
+        ) from None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 100_000:
+        return value
+    return None
+
+
+def _postprocess(
+    fb: _FlatBuffer, model: int, graph: int, origin: str
+) -> tuple[dict[str, int] | None, int | None]:
+    """The graph output index of the op's boxes, classes, scores and count, and its ``num_classes``."""
     codes = fb.tables(model, 1)
     outputs = fb.ints(graph, 2)
     for op in fb.tables(graph, 3):
@@ -192,11 +213,12 @@ def _postprocess(fb: _FlatBuffer, model: int, graph: int) -> dict[str, int] | No
             continue
         outs = fb.ints(op, 2)
         if len(outs) != 4 or not all(o in outputs for o in outs):
-            return None
-        return {
-            k: outputs.index(o) for k, o in zip(("boxes", "classes", "scores", "count"), outs, strict=True)
-        }
-    return None
+            return None, None
+        names = ("boxes", "classes", "scores", "count")
+        mapping = {k: outputs.index(o) for k, o in zip(names, outs, strict=True)}
+        start, n = fb.vector(op, 5)  # custom_options
+        return mapping, _num_classes(fb.bytes_at(start, n) if n else b"", origin)
+    return None, None
 
 
 def _labels(data: Buffer, names: dict[int, str], origin: str, path: Path | None) -> dict[int, list[str]]:
@@ -237,10 +259,10 @@ def parse_tflite(data: Buffer, origin: str, path: Path | None = None) -> TfliteI
         graphs = fb.tables(model, 2)
         if not graphs:
             raise _Bad("no subgraph")
-        post = _postprocess(fb, model, graphs[0])
+        post, num_classes = _postprocess(fb, model, graphs[0], origin)
         span = _metadata(fb, model)
         if span is None:
-            return TfliteInfo(postprocess=post)
+            return TfliteInfo(postprocess=post, num_classes=num_classes)
         mfb = _FlatBuffer(data, span[0], span[1])
         meta = mfb.root()
         sub = mfb.tables(meta, 3)
@@ -253,7 +275,7 @@ def parse_tflite(data: Buffer, origin: str, path: Path | None = None) -> TfliteI
             "convert the model again"
         ) from None
     labels = _labels(data, {i: o.labels_file for i, o in enumerate(outs) if o.labels_file}, origin, path)
-    return TfliteInfo(True, name, ins, outs, labels, post)
+    return TfliteInfo(True, name, ins, outs, labels, post, num_classes)
 
 
 def read_tflite_info(path: Path) -> TfliteInfo:

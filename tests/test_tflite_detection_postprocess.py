@@ -182,3 +182,28 @@ def test_run_bare_model_prints_labelled_detections(tmp_path: Path) -> None:
         ]
         assert got == LABELLED
     assert "configured from its tflite-detection-postprocess metadata" in res.stderr
+
+
+def test_labels_that_do_not_fit_num_classes_are_a_load_error_and_a_tf1_label_map_shifts(
+    tmp_path: Path,
+) -> None:
+    """The op says num_classes 2: one label (or four) is the wrong labels file; '???' first is a TF1 map."""
+    from inference.errors import BundleError
+    from inference.model import load_model
+
+    for labels in (("person",), ("a", "b", "c", "d")):
+        path = tflite_detect.detection_postprocess_tflite(
+            tmp_path / f"bad{len(labels)}.tflite", labels=labels
+        )
+        with pytest.raises(BundleError, match=rf"{len(labels)} labels .* num_classes 2.*--labels"):
+            load_model(path)
+    tf1 = tflite_detect.detection_postprocess_tflite(
+        tmp_path / "tf1map.tflite", labels=("???", "person", "car")
+    )
+    model = load_model(tf1)
+    try:
+        assert model.bundle.manifest.decoder_params["label_offset"] == 1
+        got = [d.label for d in model.infer(np.zeros((128, 128, 3), np.uint8)).detections]
+    finally:
+        model.close()
+    assert got == ["person", "car"]
