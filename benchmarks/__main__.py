@@ -3,7 +3,8 @@
 Runs every benchmark module in this package that exposes ``run(quick: bool) -> dict`` (known
 ones in ``ORDER`` first, then any other in name order), then writes
 
-- ``benchmarks/results/<machine>-<date>.json``: machine, command, git revision, every result;
+- ``benchmarks/results/<machine>-<date>.json``: machine, command, git revision, every result
+  (with ``--only``: ``<names>-<machine>-<date>[-N].json``, numbered so a run keeps the earlier ones);
 - ``benchmarks/results/<machine>-<date>.md``: the table against DESIGN §9 and the figures;
 - ``benchmarks/results/<machine>-<date>-<benchmark>.png``: latency distributions;
 - the generated part of ``docs/performance.md`` (full runs only: not with ``--quick``,
@@ -81,7 +82,10 @@ def run_all(
             }
         for t in res.get("targets", []):
             mark = {True: "ok", False: "MISSED", None: "-"}[t.get("ok")]
-            print(f"   {t['what']}: {_num(t['value'])} (target {t['target']}) {mark}", file=sys.stderr)
+            print(
+                f"   {t['what']}: {_num(t['value'])}{_spread(t)} (target {t['target']}) {mark}",
+                file=sys.stderr,
+            )
         results[name] = res
     return results, samples
 
@@ -97,6 +101,14 @@ def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
+
+
+def _spread(target: dict[str, Any]) -> str:
+    """`` (range 0.951-1.020)`` for a target that gives the spread of its per-round figures."""
+    spread = target.get("spread")
+    if not spread:
+        return ""
+    return f" (range {_num(spread[0])}-{_num(spread[1])})"
 
 
 def plot(samples: dict[str, list[float]], title: str, path: Path) -> Path:
@@ -153,7 +165,9 @@ def markdown(doc: dict[str, Any], plots: dict[str, str]) -> str:
             lines.append(f"| {name} | failed: {res['error']} | | | ✗ |")
         for t in res.get("targets", []):
             mark = {True: "✓", False: "✗", None: ""}[t.get("ok")]
-            lines.append(f"| {name} | {t['what']} | {_num(t['value'])} | {t['target']} | {mark} |")
+            lines.append(
+                f"| {name} | {t['what']} | {_num(t['value'])}{_spread(t)} | {t['target']} | {mark} |"
+            )
     for name, res in doc["benchmarks"].items():
         lat = res.get("latency_ms")
         notes = res.get("notes") or []
@@ -230,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     if "bench_vs_plain" in results.get("bench_vs_plain", {}):
         doc["bench_vs_plain"] = results["bench_vs_plain"]["bench_vs_plain"]
     stem = result_stem(today, info)
+    if args.only:  # a partial run: named after what ran, and never over another run's files
+        stem = "-".join([*args.only, stem])
+        n = 1
+        while (args.out / f"{stem}{f'-{n}' if n > 1 else ''}.json").exists():
+            n += 1
+        stem += f"-{n}" if n > 1 else ""
     out: Path = args.out
     plots: dict[str, str] = {}
     for name, by_label in samples.items():

@@ -14,8 +14,9 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,10 +26,13 @@ from inference.fsio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "RESULTS_DIR",
+    "PairedRatio",
     "git_revision",
     "machine_info",
     "machine_slug",
     "median",
+    "paired_ratio",
+    "paired_rounds",
     "peak_rss_mb",
     "plain_onnx",
     "plain_tflite",
@@ -103,6 +107,73 @@ def plain_tflite(
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def paired_rounds(rounds: int, a: Callable[[], A], b: Callable[[], B]) -> list[tuple[A, B]]:
+    """``rounds`` rounds, each measuring both sides back to back: ``a`` first in even rounds, ``b``
+    first in odd ones, so a slow drift of the machine (clock, a neighbour's load) does not favour
+    the side that always runs first or last. Returns the (a, b) pairs in round order."""
+    pairs: list[tuple[A, B]] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            x = a()
+            pairs.append((x, b()))
+        else:
+            y = b()
+            pairs.append((a(), y))
+    return pairs
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """The median of per-round ratios with their spread: the headline figure of a comparison."""
+
+    median: float
+    low: float  # the smallest per-round ratio
+    high: float  # the largest
+    q1: float  # first and third quartiles (numpy, linear interpolation)
+    q3: float
+    rounds: tuple[float, ...]  # every per-round ratio, in round order
+
+    def to_dict(self, digits: int = 4) -> dict[str, Any]:
+        return {
+            "median": round(self.median, digits),
+            "range": [round(self.low, digits), round(self.high, digits)],
+            "iqr": [round(self.q1, digits), round(self.q3, digits)],
+            "rounds": [round(r, digits) for r in self.rounds],
+        }
+
+    def text(self) -> str:
+        """``0.997 (range 0.951-1.020, IQR 0.990-1.003, 9 rounds)``"""
+        return (
+            f"{self.median:.3f} (range {self.low:.3f}-{self.high:.3f}, "
+            f"IQR {self.q1:.3f}-{self.q3:.3f}, {len(self.rounds)} rounds)"
+        )
+
+
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> PairedRatio:
+    """Per-round ratios ``numerators[i] / denominators[i]`` (each pair measured in the same round,
+    see ``paired_rounds``), summarised by their median and spread.
+
+    A ratio of paired rounds cancels what the two sides share in a round (the machine's state
+    then), and the median ignores the odd round that one side lost to a neighbour; a ratio of
+    each side's best or mean over all rounds compares figures taken at different times."""
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError(f"paired_ratio needs pairs: {len(numerators)} vs {len(denominators)} values")
+    ratios = np.asarray(numerators, dtype=np.float64) / np.asarray(denominators, dtype=np.float64)
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return PairedRatio(
+        median=float(np.median(ratios)),
+        low=float(ratios.min()),
+        high=float(ratios.max()),
+        q1=float(q1),
+        q3=float(q3),
+        rounds=tuple(float(r) for r in ratios),
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:

@@ -10,9 +10,11 @@ the agent's own file source, with one inference thread:
   target ≥ 0.85.
 
 The bare figures use the same ``LoadedModel`` (same session, same threads) on the same
-frames, preprocessed before the loop. Each round measures decode, bare runtime, an
-``infer()`` loop and the pipeline one after the other; rounds repeat (interleaved) and the
-median ratio is reported.
+frames, preprocessed before the loop. Each round measures both sides back to back: the
+reference (bare decode, bare runtime, an ``infer()`` loop) and the pipeline, the reference
+first in even rounds and the pipeline first in odd ones (``benchmarks.common.paired_rounds``).
+The headline ratio is the median of the per-round ratios, with their range and IQR
+(``benchmarks.common.paired_ratio``): 11 rounds inference-bound, 15 light.
 
 Run alone: ``python -m benchmarks.pipeline [--quick]`` (writes results/pipeline.json).
 """
@@ -26,7 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, median, summarize, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    PairedRatio,
+    median,
+    paired_ratio,
+    paired_rounds,
+    summarize,
+    write_json,
+)
+
+THREADS = 1
+QUICK_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -39,16 +52,15 @@ class Case:
     ratio_key: str  # "ratio" (÷ bare runtime) or "ratio_vs_min" (÷ min(decode, runtime))
     target: float
     what: str
+    rounds: int
 
 
 CASES: tuple[Case, ...] = (
     Case("inference_bound", "ppocr-det", "demo:text:640x480@0", 80, 20, "ratio", 0.97,
-         "pipeline ÷ bare runtime loop, inference-bound model (ppocr-det ONNX, 640x480 frames)"),
+         "pipeline ÷ bare runtime loop, inference-bound model (ppocr-det ONNX, 640x480 frames)", 11),
     Case("light", "blazeface", "demo:faces:640x480@0", 1200, 300, "ratio_vs_min", 0.85,
-         "pipeline ÷ min(bare decode, bare inference), light model (blazeface TFLite 128x128)"),
+         "pipeline ÷ min(bare decode, bare inference), light model (blazeface TFLite 128x128)", 15),
 )  # fmt: skip
-THREADS = 1
-ROUNDS, QUICK_ROUNDS = 5, 2
 
 
 def write_video(spec: str, frames: int, path: Path) -> Path:
@@ -69,46 +81,85 @@ def write_video(spec: str, frames: int, path: Path) -> Path:
 
 
 def run_case(case: Case, quick: bool, folder: Path) -> dict[str, Any]:
-    from agent.bench_pipeline import load, measure_once, read_frames
+    from agent.bench_pipeline import (
+        BARE_FRAMES,
+        bare_fps,
+        decode_fps,
+        infer_fps,
+        load,
+        pipeline_fps,
+        read_frames,
+    )
     from inference import zoo
 
     frames = case.quick_frames if quick else case.frames
-    rounds = QUICK_ROUNDS if quick else ROUNDS
-    video = write_video(case.demo, frames, folder / f"{case.key}.avi")
+    rounds = QUICK_ROUNDS if quick else case.rounds
+    spec = str(write_video(case.demo, frames, folder / f"{case.key}.avi"))
+    images = read_frames(spec, BARE_FRAMES)
     model = load(zoo.bundle_dir(case.model), THREADS)
+
+    def reference() -> dict[str, Any]:
+        bare = bare_fps(model, images, runs=frames)
+        return {
+            "decode_fps": decode_fps(spec, frames)["fps"],
+            "bare_fps": bare["fps"],
+            "infer_fps": infer_fps(model, images, runs=max(frames // 2, 1))["fps"],
+            "_bare_samples_ms": bare["samples_ms"],
+        }
+
     try:
-        for image in read_frames(str(video), 3):  # first inferences outside every figure
+        for image in images[:3]:  # first inferences outside every figure
             model.infer(image)
-        per_round = [measure_once(model, str(video), frames) for _ in range(rounds)]
+        pairs = paired_rounds(rounds, reference, lambda: pipeline_fps(model, spec, frames))
         runtime_version = model.runtime.version
         input_shape = list(model.spec.shape)
     finally:
         model.close()
-    last = per_round[-1]
-    keys = ("decode_fps", "bare_fps", "infer_fps", "fps", "ratio", "ratio_vs_min")
-    rows = [{k: round(float(r[k]), 4) for k in keys} for r in per_round]
-    ratio = median([float(r[case.ratio_key]) for r in per_round])
+    rows: list[dict[str, Any]] = [
+        {
+            "first": "reference" if i % 2 == 0 else "pipeline",
+            **{k: round(float(ref[k]), 4) for k in ("decode_fps", "bare_fps", "infer_fps")},
+            "fps": round(float(pipe["fps"]), 4),
+        }
+        for i, (ref, pipe) in enumerate(pairs)
+    ]
+    fps = [r["fps"] for r in rows]
+    vs_bare = paired_ratio(fps, [r["bare_fps"] for r in rows])
+    vs_min = paired_ratio(fps, [min(r["decode_fps"], r["bare_fps"]) for r in rows])
+    vs_infer = paired_ratio(fps, [min(r["decode_fps"], r["infer_fps"]) for r in rows])
+    for row, a, b in zip(rows, vs_bare.rounds, vs_min.rounds, strict=True):
+        row.update(ratio=round(a, 4), ratio_vs_min=round(b, 4))
+    headline = vs_bare if case.ratio_key == "ratio" else vs_min
+    last = pairs[-1]
     return {
         "model": case.model,
         "runtime_version": runtime_version,
         "input_shape": input_shape,
-        "source": f"{video.name}: {frames} frames of {case.demo}, MJPEG",
+        "source": f"{Path(spec).name}: {frames} frames of {case.demo}, MJPEG",
         "threads": THREADS,
         "frames": frames,
         "rounds": rows,
         "ratio_key": case.ratio_key,
-        "ratio": round(ratio, 4),
+        "ratio": round(headline.median, 4),
+        "ratio_spread": headline.to_dict(),
+        "ratio_vs_bare": vs_bare.to_dict(),
+        "ratio_vs_min": vs_min.to_dict(),
+        "ratio_vs_min_infer": vs_infer.to_dict(),
         "target": case.target,
-        **{f"median_{k}": round(median([float(r[k]) for r in per_round]), 2) for k in keys[:4]},
-        "pipeline_latency_ms": last["latency_ms"],
-        "pipeline_gap_ms": last["gap_ms"],
-        "errors": sum(int(r["errors"]) for r in per_round),
-        "dropped": sum(int(r["dropped"]) for r in per_round),
+        **{
+            f"median_{k}": round(median([r[k] for r in rows]), 2)
+            for k in ("decode_fps", "bare_fps", "infer_fps", "fps")
+        },
+        "pipeline_latency_ms": last[1]["latency_ms"],
+        "pipeline_gap_ms": last[1]["gap_ms"],
+        "errors": sum(int(p["errors"]) for _, p in pairs),
+        "dropped": sum(int(p["dropped"]) for _, p in pairs),
+        "_headline": headline,
         "_samples": {
             f"{case.model} pipeline (preprocess+run+decode)": [
-                float(x) for x in last["_pipeline_latency_ms"]
+                float(x) for x in last[1]["latency_samples_ms"]
             ],
-            f"{case.model} bare runtime.run": [float(x) for x in last["_bare_samples_ms"]],
+            f"{case.model} bare runtime.run": [float(x) for x in last[0]["_bare_samples_ms"]],
         },
     }
 
@@ -119,33 +170,34 @@ def run(quick: bool = False) -> dict[str, Any]:
         for case in CASES:
             res = run_case(case, quick, Path(tmp))
             out["latency_ms"].update(res.pop("_samples"))
+            headline: PairedRatio = res.pop("_headline")
             out["cases"][case.key] = res
-            # where a gap goes: against infer() (preprocess + run + decode in a plain loop), what
-            # is left is the pipeline's own cost (threads, queue, sinks)
-            res["ratio_vs_min_infer"] = round(
-                median([r["fps"] / min(r["decode_fps"], r["infer_fps"]) for r in res["rounds"]]), 4
-            )
             out["targets"].append(
                 {
-                    "what": case.what,
+                    "what": f"{case.what}: median of {len(headline.rounds)} paired rounds",
                     "value": res["ratio"],
+                    "spread": res["ratio_spread"]["range"],
                     "target": f"≥ {case.target}",
                     "ok": res["ratio"] >= case.target,
                 }
             )
+            # where a gap goes: against infer() (preprocess + run + decode in a plain loop), what
+            # is left is the pipeline's own cost (threads, queue, sinks)
             out["targets"].append(
                 {
                     "what": f"(for reference) pipeline ÷ min(bare decode, infer() loop), {case.model}",
-                    "value": res["ratio_vs_min_infer"],
+                    "value": res["ratio_vs_min_infer"]["median"],
+                    "spread": res["ratio_vs_min_infer"]["range"],
                     "target": "-",
                     "ok": None,
                 }
             )
+            versus = "bare runtime" if case.ratio_key == "ratio" else "min(decode, runtime)"
             out["notes"].append(
-                f"{case.model}: pipeline {res['median_fps']:.1f} frames/s, "
+                f"{case.model}: pipeline ÷ {versus} "
+                f"{headline.text()}; medians: pipeline {res['median_fps']:.1f} frames/s, "
                 f"bare runtime {res['median_bare_fps']:.1f}, bare decode {res['median_decode_fps']:.1f}, "
-                f"infer() loop {res['median_infer_fps']:.1f} "
-                f"(medians of {len(res['rounds'])} rounds)"
+                f"infer() loop {res['median_infer_fps']:.1f}"
             )
     return out
 
@@ -158,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = result.pop("latency_ms")
     result["latency_ms"] = {k: summarize(v) for k, v in samples.items()}
     path = write_json(RESULTS_DIR / "pipeline.json", result)
-    for t in result["targets"]:
-        print(f"{t['what']}: {t['value']:.3f} (target {t['target']})", file=sys.stderr)
+    for note in result["notes"]:
+        print(note, file=sys.stderr)
     print(path)
     return 0
 
