@@ -142,8 +142,16 @@ def _names(value: str, where: str) -> list[str]:
         items = list(obj)
     else:
         raise BundleError(f"{where}: metadata 'names' is a {type(obj).__name__}, not a dict of class names")
-    if len(items) > MAX_LABELS or not all(isinstance(n, str) for n in items):
-        raise BundleError(f"{where}: metadata 'names' must be at most {MAX_LABELS} strings")
+    if len(items) > MAX_LABELS:
+        raise BundleError(
+            f"{where}: metadata 'names' has {len(items)} classes, over {MAX_LABELS}: export it again"
+        )
+    if not all(isinstance(n, str) for n in items):
+        raise BundleError(
+            f"{where}: metadata 'names' must map class ids to strings; it holds "
+            f"{sorted({type(n).__name__ for n in items})}: export the model again, or make a bundle with "
+            "`edge-agent bundle create --labels`"
+        )
     return [str(n) for n in items]
 
 
@@ -244,7 +252,10 @@ def _paddleocr(
     where: str,
     input_size: tuple[int, int] | None,
 ) -> ExporterConfig:
-    chars = meta["character"].splitlines()
+    # PaddleOCR's dict reader splits on "\n" only (splitlines would also split on \x0b, \x85, ...)
+    chars = [c.rstrip("\r") for c in meta["character"].split("\n")]
+    if chars and chars[-1] == "":
+        chars.pop()
     if not chars:
         raise BundleError(
             f"{where}: metadata 'character' (the CTC character table) is empty: export it again"
@@ -254,15 +265,16 @@ def _paddleocr(
             f"{where}: the model has metadata 'character' (a PaddleOCR recogniser's character table) but "
             f"its outputs are {[_fmt(o.shape) for o in outputs]}, not one (1, T, C) sequence: export it again"
         )
+    notes = [f"{len(chars)} characters from 'character'"]
     if input_size is not None:
         shape = _nchw_shape(inp, input_size, "--input-size", where)
+        notes.append(f"--input-size {input_size[0]}x{input_size[1]} wins over the family's 48x320")
     else:
         shape = _nchw_shape(inp, PPOCR_REC_HW, "the PaddleOCR recogniser's 48x320", where)
     spec: dict[str, Any] = {"shape": shape, "layout": "NCHW", "color": "BGR", "scale": 1 / 255, "mean": 0.5,
                             "std": 0.5, "resize": "letterbox", "pad": 127.5}  # fmt: skip
     return ExporterConfig(
-        "paddleocr", "text_recognition", "ctc_text", {"characters": chars}, [], spec,
-        (f"{len(chars)} characters from 'character'",),
+        "paddleocr", "text_recognition", "ctc_text", {"characters": chars}, [], spec, tuple(notes)
     )  # fmt: skip
 
 
@@ -310,6 +322,16 @@ def _tflite(path: Path, inp: TensorInfo, outputs: Sequence[TensorInfo], where: s
                               params, labels, spec, tuple(notes))  # fmt: skip
     labels = info.labels.get(0, [])
     out = outputs[0].shape if len(outputs) == 1 else ()
+    if labels and len(out) in (1, 2) and out[-1] is not None and out[-1] != len(labels):
+        if out[-1] == len(labels) + 1:
+            notes.append("one class more than labels (a background class): its label is its index")
+        else:
+            raise BundleError(
+                f"{where}: the TFLite metadata's labels file has {len(labels)} labels but output "
+                f"{outputs[0].name!r} has {out[-1]} classes: the labels do not belong to this model; "
+                "write the metadata again with its own labels file, or make a bundle with "
+                "`edge-agent bundle create --labels`"
+            )
     if labels and len(out) in (1, 2) and out[-1] == len(labels):
         # A quantised classifier's output is its softmax (TFLite's 1/256 scale): dequantised, its sum is
         # only near 1, so "auto" would apply a second softmax and flatten it.

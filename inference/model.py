@@ -175,7 +175,7 @@ def load_model(
         if any(o.is_dynamic for o in rt.outputs):  # the decoder sees the real sizes now
             concrete = [
                 replace(o, shape=tuple(int(d) for d in a.shape))
-                for o, a in zip(rt.outputs, outputs, strict=False)
+                for o, a in zip(rt.outputs, outputs, strict=True)
             ]
             try:
                 decoder.check(concrete)

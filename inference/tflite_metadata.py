@@ -23,6 +23,7 @@ import mmap
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 METADATA_NAME = "TFLITE_METADATA"
 MAX_LABELS_BYTES = 1 << 20
 MAX_VECTOR = 1 << 20
+# the metadata's own lists: a crafted file must not multiply them into gigabytes
+MAX_TENSORS, MAX_UNITS, MAX_CHANNELS = 64, 16, 4
 # metadata_schema.fbs enums
 _NORMALIZATION_OPTIONS = 1
 _AXIS_LABELS, _VALUE_LABELS = 2, 3
@@ -50,6 +53,8 @@ class _FlatBuffer:
         self.buf = buf
         self.base = base
         self.end = len(buf) if end is None else end
+        if not 0 <= self.base <= self.end <= len(buf):
+            raise _Bad(f"a buffer [{self.base}, {self.end}) outside the file's {len(buf)} bytes")
 
     def _u(self, fmt: str, pos: int) -> int:
         size = struct.calcsize(fmt)
@@ -81,18 +86,18 @@ class _FlatBuffer:
     def table(self, table: int, index: int) -> int:
         return self._ref(table, index)
 
-    def vector(self, table: int, index: int) -> tuple[int, int]:
-        """``(start of the elements, count)``; ``(0, 0)`` when absent."""
+    def vector(self, table: int, index: int, limit: int = MAX_VECTOR) -> tuple[int, int]:
+        """``(start of the elements, count)``; ``(0, 0)`` when absent; over ``limit`` is malformed."""
         pos = self._ref(table, index)
         if not pos:
             return 0, 0
         n = self._u("<I", pos)
-        if n > MAX_VECTOR:
-            raise _Bad(f"a vector of {n} elements")
+        if n > limit:
+            raise _Bad(f"a vector of {n} elements where at most {limit} make sense")
         return pos + 4, n
 
-    def tables(self, table: int, index: int) -> list[int]:
-        start, n = self.vector(table, index)
+    def tables(self, table: int, index: int, limit: int = MAX_VECTOR) -> list[int]:
+        start, n = self.vector(table, index, limit)
         return [start + 4 * i + self._u("<I", start + 4 * i) for i in range(n)]
 
     def ints(self, table: int, index: int, fmt: str = "<i") -> list[int]:
@@ -100,8 +105,8 @@ class _FlatBuffer:
         size = struct.calcsize(fmt)
         return [self._u(fmt, start + size * i) for i in range(n)]
 
-    def floats(self, table: int, index: int) -> list[float]:
-        start, n = self.vector(table, index)
+    def floats(self, table: int, index: int, limit: int = MAX_VECTOR) -> list[float]:
+        start, n = self.vector(table, index, limit)
         if n and start + 4 * n > self.end:
             raise _Bad("a float vector running past the end")
         return [float(x) for x in struct.unpack_from(f"<{n}f", self.buf, start)] if n else []
@@ -149,16 +154,16 @@ class TfliteInfo:
 def _tensor_meta(fb: _FlatBuffer, t: int) -> TensorMeta:
     mean: list[float] = []
     std: list[float] = []
-    for unit in fb.tables(t, 4):  # process_units
+    for unit in fb.tables(t, 4, MAX_UNITS):  # process_units
         if fb.scalar(unit, 0, "<B") == _NORMALIZATION_OPTIONS:
             opts = fb.table(unit, 1)
             if opts:
-                mean, std = fb.floats(opts, 0), fb.floats(opts, 1)
+                mean, std = fb.floats(opts, 0, MAX_CHANNELS), fb.floats(opts, 1, MAX_CHANNELS)
     stats = fb.table(t, 5)
-    lo = fb.floats(stats, 1) if stats else []
-    hi = fb.floats(stats, 0) if stats else []
+    lo = fb.floats(stats, 1, MAX_CHANNELS) if stats else []
+    hi = fb.floats(stats, 0, MAX_CHANNELS) if stats else []
     labels = ""
-    for f in fb.tables(t, 6):  # associated_files
+    for f in fb.tables(t, 6, MAX_UNITS):  # associated_files
         if fb.scalar(f, 2, "<B") in (_AXIS_LABELS, _VALUE_LABELS) and not labels:
             labels = fb.string(f, 0)
     return TensorMeta(fb.string(t, 0), tuple(mean), tuple(std), tuple(lo), tuple(hi), labels)
@@ -190,9 +195,22 @@ def _num_classes(options: bytes, origin: str) -> int | None:
         from flatbuffers import flexbuffers  # LiteRT's own dependency
     except ImportError:  # pragma: no cover - tflite-runtime devices without the package
         return None
-    try:
-        value = flexbuffers.Loads(options).get("num_classes") if options else None
-    except (ValueError, IndexError, KeyError, TypeError, AttributeError, struct.error, UnicodeDecodeError):
+    if not options:
+        return None
+    try:  # one lazy key lookup: Loads would build the whole (untrusted, maybe recursive) value
+        ref = flexbuffers.GetRoot(options).AsMap["num_classes"]
+        value = ref.AsInt if ref.IsInt else None
+    except KeyError:
+        return None
+    except (
+        ValueError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        struct.error,
+        UnicodeDecodeError,
+        RecursionError,
+    ):
         raise BundleError(
             f"{origin}: the {POSTPROCESS_OP} op's options are malformed; convert the model again"
         ) from None
@@ -228,7 +246,7 @@ def _labels(data: Buffer, names: dict[int, str], origin: str, path: Path | None)
         return {}
     try:
         zf = zipfile.ZipFile(path if path is not None else io.BytesIO(bytes(data)))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise BundleError(
             f"{origin}: the TFLite metadata names labels file(s) {sorted(set(names.values()))} but the model "
             "has no archive of associated files: write the metadata again with its labels file"
@@ -245,7 +263,20 @@ def _labels(data: Buffer, names: dict[int, str], origin: str, path: Path | None)
                 ) from None
             if info.file_size > MAX_LABELS_BYTES:
                 raise BundleError(f"{origin}: labels file {name!r} is over {MAX_LABELS_BYTES} bytes")
-            text = zf.read(info).decode("utf-8", "replace")
+            try:
+                text = zf.read(info).decode("utf-8", "replace")
+            except (
+                zipfile.BadZipFile,
+                NotImplementedError,
+                RuntimeError,
+                EOFError,
+                zlib.error,
+                OSError,
+            ) as exc:
+                raise BundleError(
+                    f"{origin}: cannot read labels file {name!r} from the model's associated files "
+                    f"({type(exc).__name__}: {exc}): write the metadata again"
+                ) from None
             out[index] = [line.strip() for line in text.splitlines() if line.strip()]
     return out
 
@@ -266,8 +297,8 @@ def parse_tflite(data: Buffer, origin: str, path: Path | None = None) -> TfliteI
         mfb = _FlatBuffer(data, span[0], span[1])
         meta = mfb.root()
         sub = mfb.tables(meta, 3)
-        ins = tuple(_tensor_meta(mfb, t) for t in mfb.tables(sub[0], 2)) if sub else ()
-        outs = tuple(_tensor_meta(mfb, t) for t in mfb.tables(sub[0], 3)) if sub else ()
+        ins = tuple(_tensor_meta(mfb, t) for t in mfb.tables(sub[0], 2, MAX_TENSORS)) if sub else ()
+        outs = tuple(_tensor_meta(mfb, t) for t in mfb.tables(sub[0], 3, MAX_TENSORS)) if sub else ()
         name = mfb.string(meta, 0)
     except _Bad as exc:
         raise BundleError(

@@ -315,3 +315,35 @@ def test_bench_takes_the_exporters_size_and_input_size(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["results"][0]["input_shapes"] == [[1, 3, 48, 96]]
     bad = run_agent(["bench", str(odd), "--input-size", "tall"], tmp_path)
     assert bad.returncode == 2 and "--input-size" in bad.stderr
+
+
+def test_a_character_table_splits_on_newlines_only(tmp_path: Path) -> None:
+    chars = ["a", "\x0b", "b", "\u2028"]  # characters str.splitlines() would take for line ends
+    model = load_model(ex.paddleocr_recogniser(tmp_path / "rec.onnx", chars=chars))
+    try:
+        assert model.bundle.manifest.decoder_params["characters"] == chars
+    finally:
+        model.close()
+
+
+def test_tflite_labels_that_do_not_fit_the_classifier_are_a_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference import tflite_metadata as tm
+    from inference.runtime import TensorInfo
+
+    info = tm.TfliteInfo(True, "m", (tm.TensorMeta(),), (tm.TensorMeta(labels_file="labels.txt"),),
+                         {0: [f"c{i}" for i in range(1000)]})  # fmt: skip
+    monkeypatch.setattr(tm, "read_tflite_info", lambda path: info)
+    image = TensorInfo("image", (1, 224, 224, 3), np.dtype(np.float32))
+
+    def config(classes: int) -> ExporterConfig | None:
+        out = TensorInfo("probs", (1, classes), np.dtype(np.float32))
+        return read_exporter_config(tmp_path / "m.tflite", "tflite", [image], [out])
+
+    cfg = config(1000)
+    assert cfg is not None and cfg.decoder == "classification"
+    cfg = config(1001)  # a background class the labels file leaves out
+    assert cfg is not None and "background" in cfg.describe()
+    with pytest.raises(BundleError, match=r"1000 labels but output 'probs' has 999 classes.*--labels"):
+        config(999)

@@ -207,3 +207,23 @@ def test_labels_that_do_not_fit_num_classes_are_a_load_error_and_a_tf1_label_map
     finally:
         model.close()
     assert got == ["person", "car"]
+
+
+def test_hostile_metadata_is_a_bundle_error_not_a_crash(tmp_path: Path) -> None:
+    """A metadata buffer placed past the end of the file; a labels file whose bytes fail their CRC."""
+    from inference import tflite_metadata as tm
+    from inference.errors import BundleError
+
+    with pytest.raises(tm._Bad, match="outside the file"):
+        tm._FlatBuffer(b"\0" * 16, 8, 100)
+    path = _build(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"person")  # the labels' bytes in the appended zip (stored uncompressed)
+    assert at > 0
+    data[at] ^= 0xFF
+    bad = tmp_path / "crc.tflite"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(
+        BundleError, match=r"cannot read labels file 'labelmap.txt'.*write the metadata again"
+    ):
+        tm.read_tflite_info(bad)
