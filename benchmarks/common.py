@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ __all__ = [
     "machine_info",
     "machine_slug",
     "median",
+    "others_cpu",
     "paired_ratio",
     "paired_rounds",
     "peak_rss_mb",
@@ -111,6 +113,31 @@ def median(values: Sequence[float]) -> float:
 
 A = TypeVar("A")
 B = TypeVar("B")
+T = TypeVar("T")
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds all processes have used since boot (/proc/stat), or None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()[1:9]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu(fn: Callable[[], T]) -> tuple[T, float | None]:
+    """Run ``fn``; also return the CPU other processes used meanwhile, in cores (0.0: the machine
+    was ours; 1.0: a whole core went to someone else), or None where /proc/stat is missing.
+    Clock-tick resolution (10 ms): meant for blocks of a second or more."""
+    busy0, own0, t0 = _machine_busy_s(), os.times(), time.perf_counter()
+    out = fn()
+    busy1, own1, wall = _machine_busy_s(), os.times(), time.perf_counter() - t0
+    if busy0 is None or busy1 is None or wall <= 0:
+        return out, None
+    own = (own1.user + own1.system) - (own0.user + own0.system)
+    return out, max(0.0, (busy1 - busy0) - own) / wall
 
 
 def paired_rounds(rounds: int, a: Callable[[], A], b: Callable[[], B]) -> list[tuple[A, B]]:

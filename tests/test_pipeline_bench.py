@@ -4,12 +4,13 @@ summarised by the median of the per-round ratios with their spread."""
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
 import pytest
 
-from benchmarks.common import paired_ratio, paired_rounds
+from benchmarks.common import others_cpu, paired_ratio, paired_rounds
 
 
 def test_paired_rounds_alternate_which_side_runs_first() -> None:
@@ -40,6 +41,23 @@ def test_paired_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_bests() -
     d = r.to_dict(3)
     assert d["median"] == 0.97 and d["range"] == [0.9, 0.99] and len(d["rounds"]) == 5
     assert r.text() == "0.970 (range 0.900-0.990, IQR 0.960-0.980, 5 rounds)"
+
+
+def test_others_cpu_returns_the_value_and_a_share_of_cores() -> None:
+    import time
+
+    def spin() -> str:  # half a second: the figure has clock-tick (10 ms) resolution
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            pass
+        return "done"
+
+    out, others = others_cpu(spin)
+    assert out == "done"
+    if Path("/proc/stat").exists():
+        assert others is not None and 0.0 <= others <= (os.cpu_count() or 1) + 0.1
+    else:
+        assert others is None
 
 
 @pytest.mark.parametrize("num, den", [([], []), ([1.0], [1.0, 2.0])])
