@@ -3,7 +3,7 @@
     edge-agent bundle create MODEL --name N --version V [--decoder D] [--decoder-params JSON]
                              [--labels FILE] [--input-spec JSON|key=val,...] [--golden-from SOURCE]
                              [--task T] [--reference SOURCE [--reference-every S]
-                             [--reference-count N]] --out DIR
+                             [--reference-count N]] [--optimize] --out DIR
     edge-agent bundle check DIR
     edge-agent bundle sign DIR --key KEY | verify DIR (--pubkey PUB | --trust-dir DIR)  (agent/cli_trust.py)
     edge-agent models fetch [NAMES...] [--data-dir DIR]
@@ -14,7 +14,9 @@ JSON or as a fraction: ``shape=[1,3,640,640],color=BGR,scale=1/255,mean=0.5,std=
 ``--reference`` takes a folder of images or a video: the drift reference profile (DESIGN §7)
 is computed from its frames (a video is sampled every ``--reference-every`` seconds of its
 time, as the agent samples live frames) and the model's outputs on them, and stored in the
-manifest with its bootstrapped thresholds.
+manifest with its bootstrapped thresholds. ``--optimize`` (ONNX) also writes ``model.ort``, the
+ORT-format companion the agent loads memory-mapped, so that a swap's peak stays near the model's
+footprint (inference/ort_format.py); its sha256 is in the manifest.
 """
 
 from __future__ import annotations
@@ -210,12 +212,16 @@ def cmd_bundle_create(args: argparse.Namespace) -> int:
         reference=reference_profile(Path(args.reference), args.reference_every, args.reference_count)
         if args.reference
         else None,
+        optimize=args.optimize,
     )
     m = bundle.manifest
     print(f"{bundle.root}: bundle {m.name} v{m.version} ({m.format}, sha256 {m.sha256[:12]}, {m.size} bytes)")
     print(f"  input   {json.dumps(m.input, sort_keys=True)}")
     print(f"  decoder {m.decoder} {json.dumps(m.decoder_params, sort_keys=True)}")
     print(f"  golden  {len(m.golden)} pair(s)")
+    if m.ort is not None:
+        ort = m.ort
+        print(f"  ort     {ort['file']} (sha256 {ort['sha256'][:12]}, {ort['size']} bytes, {ort['runtime']})")
     return 0
 
 
@@ -376,6 +382,11 @@ def register(subparsers: SubParsers) -> None:
     )
     p.add_argument(
         "--reference-count", metavar="N", type=int, default=3000, help="frames taken at most (3000)"
+    )
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="ONNX: also write model.ort, the ORT-format companion loaded memory-mapped (less peak memory)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="the bundle folder to create (must not exist)")
     p.set_defaults(func=cmd_bundle_create)

@@ -4,6 +4,7 @@
       manifest.json          (this module parses and checks it)
       manifest.sig           (ed25519 over the exact manifest bytes; checked by ota/)
       model.onnx | model.tflite
+      model.ort              (optional: the ORT-format companion, inference/ort_format.py)
       golden/0_in.npy, golden/0_out0.npy, ...
 
 The manifest is untrusted input: parsing is strict. Unknown keys (at the top level and in
@@ -142,6 +143,33 @@ COMPAT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+ORT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "file": (lambda v: isinstance(v, str) and v.lower().endswith(".ort"),
+             'the companion\'s file name, e.g. "model.ort"'),
+    "sha256": (lambda v: isinstance(v, str) and SHA256_RE.match(v) is not None, "64 hex digits (its sha256)"),
+    "size": (lambda v: _is_int(v) and v > 0, "its size in bytes (an int > 0)"),
+    "runtime": (lambda v: isinstance(v, str) and re.fullmatch(r"onnxruntime \d+\.\d+\.\d+\S*", v) is not None,
+                'the onnxruntime that wrote it, e.g. "onnxruntime 1.32.0"'),
+    "optimization": (lambda v: v in ("basic", "extended"), '"basic" or "extended"'),
+}  # fmt: skip
+
+
+def _parse_ort(v: Any, where: str, fmt: str, model_file: str) -> dict[str, Any] | None:
+    """The optional ``ort`` section: the ORT-format companion of an ONNX model."""
+    if v is None:
+        return None
+    d = _section(v, where, "ort", ORT_FIELDS)
+    missing = [k for k in ORT_FIELDS if k not in d]
+    if missing:
+        raise BundleError(f"{where}: 'ort' is missing {', '.join(missing)}")
+    if fmt != "onnx":
+        raise BundleError(f"{where}: 'ort' (an ORT-format companion) belongs to an onnx model, not {fmt}")
+    if _check_file_name(d["file"], where) == model_file:
+        raise BundleError(f"{where}: 'ort.file' must not be the model file {model_file!r}")
+    d["sha256"] = d["sha256"].lower()
+    return d
+
+
 def _iso(v: Any) -> bool:
     if not isinstance(v, str):
         return False
@@ -174,6 +202,7 @@ class Manifest:
     release_counter: int = 0
     expires: str | None = None
     compat: dict[str, Any] = field(default_factory=dict)
+    ort: dict[str, Any] | None = None  # the ORT-format companion (file, sha256, size, runtime, optimization)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON object (optional empty sections left out)."""
@@ -199,6 +228,8 @@ class Manifest:
             d["reference"] = self.reference
         if self.expires is not None:
             d["expires"] = self.expires
+        if self.ort is not None:
+            d["ort"] = dict(self.ort)
         return d
 
     def to_bytes(self) -> bytes:
@@ -232,6 +263,7 @@ TOP_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "release_counter": (lambda v: _is_int(v) and 0 <= v < 2**63, "an int >= 0"),
     "expires": (lambda v: v is None or _iso(v), "an ISO 8601 date-time such as \"2030-01-01T00:00:00Z\""),
     "compat": (lambda v: isinstance(v, Mapping), "an object"),
+    "ort": (lambda v: isinstance(v, Mapping), "an object (the ORT-format companion)"),
 }  # fmt: skip
 
 
@@ -291,6 +323,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         release_counter=obj.get("release_counter", 0),
         expires=obj.get("expires"),
         compat=_section(obj.get("compat", {}), where, "compat", COMPAT_FIELDS),
+        ort=_parse_ort(obj.get("ort"), where, obj["format"], file),
     )
 
 
@@ -325,6 +358,11 @@ class Bundle:
     @property
     def manifest_path(self) -> Path | None:
         return None if self.bare else self.root / MANIFEST
+
+    @property
+    def ort_path(self) -> Path | None:
+        """The ORT-format companion's file (manifest ``ort``), if the bundle has one."""
+        return None if self.bare or self.manifest.ort is None else self.root / self.manifest.ort["file"]
 
     def labels(self) -> list[str]:
         """The labels: inline in the manifest, or read from the labels file it names."""
@@ -368,6 +406,14 @@ def _bare_name(stem: str) -> str:
     return name or "model"
 
 
+def _inside(path: Path, top: Path) -> bool:
+    try:
+        path.resolve().relative_to(top.resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def open_bundle(path: Path, verify: bool = True) -> Bundle:
     """Open a bundle folder (with ``manifest.json``) or a bare ``.onnx`` / ``.tflite`` file.
 
@@ -392,6 +438,16 @@ def open_bundle(path: Path, verify: bool = True) -> Bundle:
                 f"folder {path}; copy the real file into the bundle"
             ) from None
         bundle = Bundle(path, manifest, model_path, bare=False)
+        if bundle.ort_path is not None and not bundle.ort_path.is_file():
+            raise BundleError(
+                f"{mpath}: the ORT-format companion {bundle.ort_path.name!r} it names is missing from "
+                f"{path}: copy it there or rebuild the bundle"
+            )
+        if bundle.ort_path is not None and not _inside(bundle.ort_path, path):
+            raise BundleError(
+                f"{mpath}: the ORT-format companion {bundle.ort_path.name!r} is a link to a place outside "
+                f"the bundle folder {path}; copy the real file into the bundle"
+            )
         if verify:
             verify_bundle(bundle)
         return bundle
@@ -418,14 +474,20 @@ def open_bundle(path: Path, verify: bool = True) -> Bundle:
 
 
 def verify_bundle(bundle: Bundle) -> None:
-    """Check the model file's size and sha256 against the manifest (``VerificationError``)."""
+    """Check the model file's (and its ORT-format companion's) size and sha256 against the
+    manifest (``VerificationError`` naming the file)."""
     m = bundle.manifest
-    path = bundle.model_path
+    _verify_file(bundle.model_path, m.size, m.sha256)
+    if bundle.ort_path is not None and m.ort is not None:
+        _verify_file(bundle.ort_path, m.ort["size"], m.ort["sha256"])
+
+
+def _verify_file(path: Path, want_size: int, want_sha256: str) -> None:
     try:
         size = path.stat().st_size
-        if size != m.size:
+        if size != want_size:
             raise VerificationError(
-                f"{path}: size {size} bytes does not match the manifest's {m.size}: the file is truncated "
+                f"{path}: size {size} bytes does not match the manifest's {want_size}: the file is truncated "
                 "or was replaced; copy the bundle again"
             )
         digest = sha256_file(path)
@@ -433,8 +495,8 @@ def verify_bundle(bundle: Bundle) -> None:
         raise BundleError(
             f"{path}: cannot read the model file ({exc.strerror}): check its permissions"
         ) from exc
-    if digest != m.sha256:
+    if digest != want_sha256:
         raise VerificationError(
-            f"{path}: sha256 {digest} does not match the manifest's {m.sha256}: the file is corrupt "
+            f"{path}: sha256 {digest} does not match the manifest's {want_sha256}: the file is corrupt "
             "or was changed; copy the bundle again"
         )

@@ -3,7 +3,9 @@
 The model is copied in, loaded with the given input spec and decoder (so a spec or decoder
 that does not fit fails here, not on a device), and run on the golden images: each pair is
 the preprocessed input tensor and the model's raw outputs, as ``.npy`` files in ``golden/``.
-``manifest.json`` is written last. Everything is built in a hidden temp folder next to
+``optimize`` also writes ``model.ort``, the ORT-format companion of an ONNX model (see
+inference/ort_format.py), into the manifest's ``ort`` section, and checks that it gives the
+golden outputs. ``manifest.json`` is written last. Everything is built in a hidden temp folder next to
 ``out`` and renamed into place, so ``out`` appears whole or not at all.
 """
 
@@ -15,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,8 @@ import numpy.typing as npt
 from inference.bundle import FORMATS, MANIFEST, Bundle, Manifest, open_bundle, parse_manifest
 from inference.errors import BundleError
 from inference.fsio import DEFAULT_FS, FsOps, atomic_write_bytes, copy_file_durably, sha256_file
+from inference.ort_format import FILE as ORT_FILE
+from inference.ort_format import unreadable, write_ort
 from inference.preprocess import parse_input
 from inference.runtime import RuntimeOptions, runtime_kind_for
 
@@ -41,6 +46,49 @@ def _save_npy(path: Path, array: npt.NDArray[Any], fs: FsOps) -> None:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
         fh.flush()
         fs.fsync(fh.fileno())
+
+
+def _check_companion(
+    folder: Path,
+    file: str,
+    section: Mapping[str, Any],
+    golden: list[dict[str, Any]],
+    validation: Mapping[str, Any],
+    options: RuntimeOptions | None,
+) -> None:
+    """The ORT-format companion loads from itself and gives the golden outputs (within the
+    validation tolerances): a companion that does not is a build error, not a device's."""
+    import onnxruntime as ort
+
+    from inference.onnx_runtime import OnnxRuntime
+
+    why = unreadable(section, ort.__version__)
+    if why is not None:
+        log.warning("%s: the ORT-format companion is written but not checked here: %s", folder, why)
+        return
+    opts = replace(options or RuntimeOptions(), ort_model=folder / section["file"])
+    rt = OnnxRuntime(folder / file, opts)
+    try:
+        if rt.source != folder / section["file"]:
+            raise BundleError(
+                f"{folder / section['file']}: onnxruntime cannot load the ORT-format companion it just "
+                "wrote (see the warning above); build the bundle without --optimize"
+            )
+        atol, rtol = float(validation["atol"]), float(validation["rtol"])
+        for pair in golden:
+            x = np.load(folder / pair["input"], allow_pickle=False)
+            outs = rt.run([x])
+            for rel, got in zip(pair["outputs"], outs, strict=True):
+                want = np.load(folder / rel, allow_pickle=False)
+                if not np.allclose(np.asarray(got), want, atol=atol, rtol=rtol):
+                    worst = float(np.max(np.abs(np.asarray(got, np.float64) - want)))
+                    raise BundleError(
+                        f"{folder / section['file']}: the ORT-format companion's output {rel} differs from "
+                        f"the .onnx model's by up to {worst:g} (atol {atol:g}, rtol {rtol:g}); build the "
+                        "bundle without --optimize"
+                    )
+    finally:
+        rt.close()
 
 
 def create_bundle(
@@ -62,6 +110,7 @@ def create_bundle(
     expires: str | None = None,
     compat: Mapping[str, Any] | None = None,
     options: RuntimeOptions | None = None,
+    optimize: bool = False,
     fs: FsOps = DEFAULT_FS,
 ) -> Bundle:
     """Write a bundle for ``model_path`` at ``out`` (which must not exist) and return it, verified.
@@ -84,6 +133,10 @@ def create_bundle(
     if out.exists():
         raise BundleError(f"{out} already exists: remove it or choose another --out folder")
     fmt = runtime_kind_for(model_path)
+    if optimize and fmt != "onnx":
+        raise BundleError(
+            f"{model_path}: --optimize writes an ORT-format companion of an ONNX model, not {fmt}"
+        )
     file = f"model{FORMATS[fmt]}"
     where = f"{out}/{MANIFEST}"
     spec_in = parse_input(dict(input_spec or {}), where)
@@ -132,6 +185,10 @@ def create_bundle(
             base["expires"] = expires
         if compat:
             base["compat"] = dict(compat)
+        if optimize:
+            base["ort"] = write_ort(tmp / file, tmp / ORT_FILE)
+            with open(tmp / ORT_FILE, "rb") as fh:
+                fs.fsync(fh.fileno())
         # Check the draft like any manifest, then load the model with it (spec + decoder checks).
         draft = parse_manifest(json.dumps(base).encode(), where)
         model = load_model(Bundle(tmp, draft, tmp / file), options)
@@ -155,6 +212,8 @@ def create_bundle(
                 golden.append({"input": rel_in, "outputs": rels})
         finally:
             model.close()
+        if optimize:
+            _check_companion(tmp, file, base["ort"], golden, val, options)
         if golden:
             fs.fsync_dir(tmp / "golden")
         final = dict(base)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from inference.errors import BundleError, ConfigError
 from inference.onnx_quant import read_onnx_quant
+from inference.ort_format import session_source
 from inference.providers import (
     CPU,
     TENSORRT,
@@ -126,7 +128,10 @@ class OnnxRuntime:
             raise BundleError(f"model file {self.path} does not exist: check the path")
         factory = session_factory if session_factory is not None else ort.InferenceSession
         plan = self._plan(ort, options)
-        self._session = self._open_with_fallback(ort, factory, options, plan)
+        self.source: Path = self.path  # the file the session was built from (.onnx or its .ort companion)
+        self._session = self._open_companion(ort, factory, options, plan)
+        if self._session is None:
+            self._session = self._open_with_fallback(ort, factory, options, plan)
         self.providers: list[str] = list(self._session.get_providers())
         self.provider: str = self.providers[0] if self.providers else CPU
         dropped = [n for n, _ in plan if n not in self.providers]
@@ -205,6 +210,30 @@ class OnnxRuntime:
             if key.startswith("session."):  # onnxruntime session config entries
                 so.add_session_config_entry(key, str(value))
         return so
+
+    def _open_companion(
+        self,
+        ort: Any,
+        factory: Any,
+        options: RuntimeOptions,
+        plan: list[tuple[str, dict[str, OptionValue]]],
+    ) -> Any:
+        """The session from the ORT-format companion (``options.ort_model``), or None (no companion,
+        or it failed: one warning line, and the ``.onnx`` is loaded with the provider fallback)."""
+        if options.ort_model is None:
+            return None
+        source, config = session_source(self.path, options.ort_model)
+        names = [n for n, _ in plan]
+        so = self._session_options(ort, replace(options, extra={**config, **options.extra}), names)
+        try:
+            session = factory(str(source), sess_options=so, providers=[(n, dict(o)) for n, o in plan])
+        except Exception as exc:  # onnxruntime raises pybind11 classes with no common base
+            log.warning("%s: the ORT-format companion %s did not load (%s: %s); loading %s",
+                        self.path.parent, source.name, type(exc).__name__, _first_line(exc),
+                        self.path.name)  # fmt: skip
+            return None
+        self.source = source
+        return session
 
     def _open_with_fallback(
         self,

@@ -46,7 +46,9 @@ class RuntimeOptions:
     ``providers`` is normalised to a tuple of ``ProviderSpec`` (plain names and aliases are
     accepted: ``("cuda", "cpu")``); read it typed through ``specs``. ``cache_dir`` is where
     engine caches live (TensorRT): the agent passes ``<state>/cache``; ``None`` is the user's
-    cache folder (inference/providers.py ``default_cache_dir``)."""
+    cache folder (inference/providers.py ``default_cache_dir``). ``ort_model`` is the ORT-format
+    companion an ONNX model is loaded from instead of its ``.onnx`` (inference/ort_format.py
+    ``runtime_options`` sets it for a verified bundle that has one)."""
 
     threads: int | None = None
     inter_op_threads: int | None = None
@@ -55,6 +57,7 @@ class RuntimeOptions:
     xnnpack: bool = True
     extra: dict[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
+    ort_model: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", provider_specs(self.providers, "runtime providers"))
