@@ -10,7 +10,10 @@ The model is a generated ONNX classifier: 64x64 image → flatten → MatMul by 
 12288x816 float32 weight (40 MB, used on every frame) → ReLU → MatMul 816x4 → softmax,
 so its memory footprint stands well clear of the engine's own. Three bundles are built:
 v1 (seed), v2 (a different good model), v3 (the confidence collapse: the last weight is
-zero, so every answer is a uniform 0.25; its golden pairs pass, probation fails).
+zero, so every answer is a uniform 0.25; its golden pairs pass, probation fails). They are
+built twice: as ``bundle create --optimize`` makes them (with the ORT-format companion the
+agent loads memory-mapped: inference/ort_format.py), on which the targets are judged, and
+plain (the ``.onnx`` alone), whose availability swap is measured for comparison.
 
 In each policy's process:
 
@@ -31,10 +34,11 @@ In each policy's process:
 
 A separate fresh process loads v2 alone (engine imported first) and gives the model's own
 footprint: VmRSS after loading and two inferences minus before, and the peak added while
-loading. The availability target is (peak during the swap − steady before) ÷ footprint.
+loading (for each build of the bundles, and which file the session was made from). The
+availability target is (peak during the swap − steady before) ÷ footprint.
 
 Run alone: ``python -m benchmarks.hot_swap [--quick]`` (writes
-results/hot_swap-<machine>-<date>.json); one policy: ``--policy availability --json``.
+results/hot_swap-<machine>-<date>.json); one policy: ``--policy availability [--optimize] --json``.
 """
 
 from __future__ import annotations
@@ -145,8 +149,9 @@ def frames(n: int = 16) -> list[npt.NDArray[np.uint8]]:
     return out
 
 
-def build_bundles(folder: Path) -> dict[str, Path]:
-    """v1 (seed), v2 (good candidate), v3 (confidence collapse) under ``folder``."""
+def build_bundles(folder: Path, optimize: bool = False) -> dict[str, Path]:
+    """v1 (seed), v2 (good candidate), v3 (confidence collapse) under ``folder``; ``optimize``:
+    with the ORT-format companion (``bundle create --optimize``)."""
     from inference.bundle_builder import create_bundle
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,6 +174,7 @@ def build_bundles(folder: Path) -> dict[str, Path]:
             labels=[f"c{i}" for i in range(CLASSES)],
             input_spec={"color": "BGR", "scale": 1 / 255},
             golden_images=golden,
+            optimize=optimize,
         )
         model.unlink()
         out[key] = folder / key
@@ -254,6 +260,12 @@ class TimedCalls:
                 self.calls.append((t0, (time.monotonic() - t0) * 1000.0, name))
 
         self.inner(timed)
+
+
+def _source(model: Any) -> str:
+    """The file a loaded model's session was built from (``model.onnx`` or ``model.ort``)."""
+    src = getattr(model.runtime, "source", None)
+    return Path(src).name if src is not None else Path(model.bundle.model_path).name
 
 
 def _vm_hwm_mb() -> float:
@@ -455,6 +467,7 @@ def measure_policy(policy: str, bundles: dict[str, Path], quick: bool) -> dict[s
             swap_job = dict(manager.last_job)
             serving = store.current()
             committed = serving is not None and serving.version == 2 and machine.state.value == "IDLE"
+            out["loaded_from"] = _source(handle.current)
             after = Window("after")
             time.sleep(plan.after_s)
             after.close()
@@ -612,9 +625,11 @@ def measure_footprint(bundle: Path) -> dict[str, Any]:
     after = rss_mb()
     hwm = _vm_hwm_mb()
     peak = max([hwm, *(v for _, v in sampler.samples)])
+    source = _source(model)
     model.close()
     return {
         "bundle": bundle.name,
+        "loaded_from": source,
         "model_file_mb": round((bundle / "model.onnx").stat().st_size / 2**20, 2),
         "rss_before_mb": round(before, 1),
         "footprint_mb": round(after - before, 2),
@@ -723,17 +738,26 @@ def _note(policy: str, res: dict[str, Any]) -> str:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
+    """Both policies on the ``--optimize`` bundles (the targets), the availability swap on the plain
+    ones for comparison (under ``plain``)."""
     plan = Plan.of(quick)
-    out: dict[str, Any] = {"policies": {}, "targets": [], "latency_ms": {}, "notes": []}
+    out: dict[str, Any] = {"policies": {}, "targets": [], "latency_ms": {}, "notes": [], "plain": {}}
+    q = ["--quick"] if quick else []
     with tempfile.TemporaryDirectory(prefix="bench-hot-swap-") as tmp:
         t0 = time.perf_counter()
-        bundles = build_bundles(Path(tmp) / "bundles")
+        sets = {
+            "optimized": build_bundles(Path(tmp) / "optimized", optimize=True),
+            "plain": build_bundles(Path(tmp) / "plain"),
+        }
         out["build_s"] = round(time.perf_counter() - t0, 2)
-        footprint = _child(["--footprint", str(bundles["v2"])], 120.0)
+        footprint = _child(["--footprint", str(sets["optimized"]["v2"])], 120.0)
+        plain_fp = _child(["--footprint", str(sets["plain"]["v2"])], 120.0)
         out["footprint"] = footprint
         for policy in POLICIES:
-            args = ["--policy", policy, "--bundles", str(Path(tmp) / "bundles")]
-            out["policies"][policy] = _child(args + (["--quick"] if quick else []), 2 * plan.timeout_s + 60)
+            args = ["--policy", policy, "--bundles", str(Path(tmp) / "optimized"), *q]
+            out["policies"][policy] = _child(args, 2 * plan.timeout_s + 60)
+        args = ["--policy", "availability", "--bundles", str(Path(tmp) / "plain"), *q]
+        plain = _child(args, 2 * plan.timeout_s + 60)
     for policy, res in out["policies"].items():
         _add_ratios(res, footprint)
         gaps = res.pop("_gaps")
@@ -742,11 +766,24 @@ def run(quick: bool = False) -> dict[str, Any]:
         out["latency_ms"][f"{policy}: result gaps, steady"] = gaps["steady"]
         out["targets"] += _targets(policy, res)
         out["notes"].append(_note(policy, res))
-    out["notes"].append(
-        f"model: a {footprint['model_file_mb']} MB ONNX classifier (a 12288x816 float32 MatMul); loaded "
-        f"alone in a fresh process it adds {footprint['footprint_mb']} MB RSS, and "
-        f"{footprint['load_peak_mb']} MB at the peak of loading"
-    )
+    _add_ratios(plain, plain_fp)
+    plain.pop("_gaps")
+    plain.pop("_timeline", None)
+    out["plain"] = {"footprint": plain_fp, "availability": plain}
+    served = out["policies"]["availability"].get("loaded_from")
+    out["targets"] += [
+        _target("availability: the new model's session was built from (bundle create --optimize)", served,
+                "model.ort", served == "model.ort"),
+        _target("availability, plain bundle (.onnx only): (peak RSS in the swap − steady) ÷ its footprint",
+                plain["rss_mb"]["added_over_footprint"], "-", None),
+    ]  # fmt: skip
+    out["notes"].append("plain bundle, " + _note("availability", plain))
+    for what, fp in (("with its ORT-format companion", footprint), ("plain", plain_fp)):
+        out["notes"].append(
+            f"model ({what}): a {fp['model_file_mb']} MB ONNX classifier (a 12288x816 float32 MatMul); "
+            f"loaded from {fp['loaded_from']} alone in a fresh process it adds {fp['footprint_mb']} MB RSS, "
+            f"and {fp['load_peak_mb']} MB at the peak of loading ({fp['load_ms']} ms)"
+        )
     return out
 
 
@@ -756,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter phases (a smoke run)")
     ap.add_argument("--policy", choices=POLICIES, help="measure one policy in this process")
     ap.add_argument("--bundles", type=Path, help="folder with v1/, v2/, v3/ (default: build them)")
+    ap.add_argument(
+        "--optimize", action="store_true", help="build the bundles with --optimize (no --bundles)"
+    )
     ap.add_argument("--footprint", type=Path, metavar="BUNDLE", help="measure one model's own footprint")
     ap.add_argument("--json", action="store_true", help="print one JSON line (child mode)")
     args = ap.parse_args(argv)
@@ -766,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if args.bundles is None:
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hot-swap-")))
-                bundles = build_bundles(tmp / "bundles")
+                bundles = build_bundles(tmp / "bundles", optimize=args.optimize)
             else:
                 bundles = {k: args.bundles / k for k in ("v1", "v2", "v3")}
             res = measure_policy(args.policy, bundles, args.quick)

@@ -1,5 +1,6 @@
-"""benchmarks/hot_swap.py: a --quick run for both policies (one fresh process each), its JSON
-keys, and no frame dropped on the lossless source. Timing targets are not asserted here: the
+"""benchmarks/hot_swap.py: a --quick run for both policies (one fresh process each) on the
+--optimize bundles and the availability policy on the plain ones, its JSON keys, and no frame
+dropped on the lossless source. Timing targets are not asserted here: the
 figures of a shared test machine say little; the benchmark records them."""
 
 from __future__ import annotations
@@ -61,3 +62,12 @@ def test_quick_run_both_policies() -> None:
     assert any("frames dropped" in w for w in whats) and any("footprint" in w for w in whats)
     assert all(set(t) == {"what", "value", "target", "ok"} for t in res["targets"])
     assert res["latency_ms"]["availability: result gaps, swap window"]
+    # the targets are judged on the --optimize bundles; the plain ones are measured beside them
+    assert (
+        fp["loaded_from"] in ("model.ort", "model.onnx")
+        and res["plain"]["footprint"]["loaded_from"] == "model.onnx"
+    )
+    plain = res["plain"]["availability"]
+    assert plain["dropped"] == 0 and plain["swap"]["committed"] and plain["loaded_from"] == "model.onnx"
+    assert plain["rss_mb"]["added_over_footprint"] is not None and "_gaps" not in plain
+    assert any(t["target"] == "model.ort" for t in res["targets"])
