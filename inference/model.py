@@ -29,6 +29,7 @@ from inference.decoders import Decoder, make_decoder
 from inference.errors import BundleError
 from inference.exporter_config import ExporterConfig, read_exporter_config
 from inference.geometry import Transform
+from inference.ort_format import runtime_options
 from inference.preprocess import DEFAULT_HW, InputSpec, Preprocessor, resolve_input_spec
 from inference.result import Result
 from inference.runtime import Runtime, RuntimeOptions, TensorInfo, load_runtime
@@ -142,6 +143,7 @@ def load_model(
     """
     bundle = path if isinstance(path, Bundle) else open_bundle(Path(path), verify=True)
     where = str(bundle.manifest_path or bundle.model_path)
+    options = runtime_options(bundle, options)  # the ORT-format companion, when the bundle has one
     rt = load_runtime(bundle.model_path, options, runtime or bundle.manifest.format)
     try:
         if len(rt.inputs) != 1:

@@ -145,9 +145,6 @@ def test_the_companion_loads_and_gives_the_onnx_outputs(tmp_path: Path) -> None:
 
 
 @needs_mmap
-@pytest.mark.xfail(
-    strict=False, reason="inference/model.py load_model calls ort_format.runtime_options (LEAD)"
-)
 def test_load_model_uses_the_companion(tmp_path: Path) -> None:
     from inference.model import load_model
 
