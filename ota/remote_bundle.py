@@ -1,7 +1,8 @@
 """``RemoteBundleFetcher``: the FETCHING step of a remote deploy job (DESIGN §3, §5, §6).
 
 A signed job names ``manifest_url`` and ``manifest_sha256``; the bundle's other files lie
-beside the manifest (``manifest.sig``, the model ``file``, golden pairs, a labels file).
+beside the manifest (``manifest.sig``, the model ``file`` and its ORT-format companion if the
+manifest has one, golden pairs, a labels file).
 Into ``staging/<job>/``, in this order, nothing trusted before it is verified:
 
 1. ``manifest.json`` (at most 1 MiB) must hash to the job's ``manifest_sha256``;
@@ -88,6 +89,16 @@ class RemoteBundleFetcher:
             sha256=manifest.sha256,
             what="the model file",
         )
+        if manifest.ort is not None:  # the ORT-format companion (inference/ort_format.py)
+            ort = manifest.ort
+            dl.fetch(
+                _beside(url, ort["file"]),
+                dest / ort["file"],
+                max_bytes=ort["size"],
+                expected_size=ort["size"],
+                sha256=ort["sha256"],
+                what="the ORT-format companion",
+            )
         for rel in _aux_files(manifest):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)

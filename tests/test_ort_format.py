@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,40 @@ def test_cli_bundle_create_optimize_and_the_store_keeps_it(
     stored = ModelStore(tmp_path / "store").import_bundle(out, "job1")
     kept = open_bundle(stored.path, verify=True)
     assert kept.ort_path is not None and kept.ort_path.read_bytes() == (out / "model.ort").read_bytes()
+
+
+def test_a_remote_bundle_brings_its_companion(tmp_path: Path) -> None:
+    import hashlib
+
+    import httpx
+
+    from ota.remote_bundle import RemoteBundleFetcher
+    from ota.update_job import UpdateJob
+
+    out = _bundle(tmp_path)
+    served = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    class Body(httpx.SyncByteStream):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.data
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        data = served.get(request.url.path.removeprefix("/b/"))
+        if data is None:
+            return httpx.Response(404, stream=Body(b""))
+        return httpx.Response(200, headers={"Content-Length": str(len(data))}, stream=Body(data))
+
+    fetch = RemoteBundleFetcher(trust=None, require_signed=False, agent_version="0.1.0", runtimes=("onnx",),
+                                transport=httpx.MockTransport(handler))  # fmt: skip
+    job = UpdateJob(job_id="j1", action="deploy", origin="fleet", created_at=0.0,
+                    source="https://models.example/b/manifest.json",
+                    manifest_sha256=hashlib.sha256(served["manifest.json"]).hexdigest())  # fmt: skip
+    dest = fetch(job, tmp_path / "staged", lambda s: False)
+    assert (dest / "model.ort").read_bytes() == served["model.ort"]
+    assert open_bundle(dest, verify=True).ort_path == dest / "model.ort"
+    served["model.ort"] = served["model.ort"][::-1]
+    with pytest.raises(VerificationError, match="ORT-format companion"):
+        fetch(job, tmp_path / "staged2", lambda s: False)
