@@ -235,7 +235,13 @@ def check_bundle(path: Path, log: Any = print) -> None:
     kind = "bare model file" if bundle.bare else "manifest"
     log(f"ok  {kind}: {m.name} v{m.version}, {m.format}, decoder {m.decoder}")
     log(f"ok  model file {bundle.model_path.name}: size {m.size} and sha256 {m.sha256[:12]}… match")
+    if m.ort is not None:
+        ort = m.ort
+        log(f"ok  ORT-format companion {ort['file']}: size {ort['size']}, sha256 {ort['sha256'][:12]}… match")
     model = load_model(bundle)
+    source = getattr(model.runtime, "source", None)
+    if m.ort is not None and source is not None:
+        log(f"ok  the session is built from {Path(source).name}")
     try:
         ins = ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in model.runtime.inputs)
         log(

@@ -255,6 +255,12 @@ def test_cli_bundle_create_optimize_and_the_store_keeps_it(
                               "classification", "--optimize", "--out", str(out)])  # fmt: skip
     assert args.func(args) == 0
     assert "ort     model.ort (sha256" in capsys.readouterr().out
+    args = parser.parse_args(["bundle", "check", str(out)])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "ok  ORT-format companion model.ort: size" in text
+    if _usable():
+        assert "ok  the session is built from model.ort" in text
     stored = ModelStore(tmp_path / "store").import_bundle(out, "job1")
     kept = open_bundle(stored.path, verify=True)
     assert kept.ort_path is not None and kept.ort_path.read_bytes() == (out / "model.ort").read_bytes()
