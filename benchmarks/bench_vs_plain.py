@@ -8,7 +8,8 @@ round runs the pair back to back, the order alternating between rounds
 (``benchmarks.common.paired_rounds``); ``bench_vs_plain`` is the median of the per-round p50
 ratios, with their range and IQR (``benchmarks.common.paired_ratio``).
 
-Run alone: ``python -m benchmarks.bench_vs_plain [--quick]`` (writes results/bench_vs_plain.json).
+Run alone: ``python -m benchmarks.bench_vs_plain [--quick]`` (writes
+results/bench_vs_plain-<machine>-<date>.json).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from benchmarks.common import (
     paired_rounds,
     plain_onnx,
     plain_tflite,
+    result_stem,
     summarize,
     write_json,
 )
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = run(args.quick)
     result.pop("latency_ms", None)
-    path = write_json(RESULTS_DIR / "bench_vs_plain.json", result)
+    path = write_json(RESULTS_DIR / f"bench_vs_plain-{result_stem()}.json", result)
     for note in result["notes"]:
         print(note, file=sys.stderr)
     print(path)

@@ -16,7 +16,7 @@ first in even rounds and the pipeline first in odd ones (``benchmarks.common.pai
 The headline ratio is the median of the per-round ratios, with their range and IQR
 (``benchmarks.common.paired_ratio``): 11 rounds inference-bound, 15 light.
 
-Run alone: ``python -m benchmarks.pipeline [--quick]`` (writes results/pipeline.json).
+Run alone: ``python -m benchmarks.pipeline [--quick]`` (writes results/pipeline-<machine>-<date>.json).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from benchmarks.common import (
     others_cpu,
     paired_ratio,
     paired_rounds,
+    result_stem,
     summarize,
     write_json,
 )
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick)
     samples = result.pop("latency_ms")
     result["latency_ms"] = {k: summarize(v) for k, v in samples.items()}
-    path = write_json(RESULTS_DIR / "pipeline.json", result)
+    path = write_json(RESULTS_DIR / f"pipeline-{result_stem()}.json", result)
     for note in result["notes"]:
         print(note, file=sys.stderr)
     print(path)
