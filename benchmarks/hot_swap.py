@@ -38,7 +38,8 @@ loading (for each build of the bundles, and which file the session was made from
 availability target is (peak during the swap − steady before) ÷ footprint.
 
 Run alone: ``python -m benchmarks.hot_swap [--quick]`` (writes
-results/hot_swap-<machine>-<date>.json); one policy: ``--policy availability [--optimize] --json``.
+results/hot_swap-<machine>-<date>[-N].json, never over an earlier run); one policy:
+``--policy availability [--optimize] --json``.
 """
 
 from __future__ import annotations
@@ -820,7 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # start, end
     samples = result.pop("latency_ms")
     result["latency_ms"] = {k: summarize(v) for k, v in samples.items() if v}
-    path = write_json(RESULTS_DIR / f"hot_swap-{result_stem()}.json", result)
+    stem, n = f"hot_swap-{result_stem()}", 1
+    while (RESULTS_DIR / f"{stem}{f'-{n}' if n > 1 else ''}.json").exists():  # never overwrite a run
+        n += 1
+    path = write_json(RESULTS_DIR / f"{stem}{f'-{n}' if n > 1 else ''}.json", result)
     for t in result["targets"]:
         print(f"{t['what']}: {t['value']} (target {t['target']})", file=sys.stderr)
     print(path)
