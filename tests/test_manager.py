@@ -28,6 +28,7 @@ from tests.fixtures.hot_swap import (
     hanging_model,
     make_bundle_from,
     slow_model,
+    unchecked_bundle,
 )
 from tests.fixtures.ota import FaultFs
 from tests.test_runner import STEPS_TO_PROBATION
@@ -251,7 +252,7 @@ def test_disk_full_during_import(classifier_bundle: Make, in_process_agent: Star
 
 
 def test_model_that_hangs_the_runtime_is_cut_off(tmp_path: Path, classifier_bundle: Make) -> None:
-    bundle = make_bundle_from(hanging_model(tmp_path / "hang.onnx"), tmp_path / "hang", 2, golden=False)
+    bundle = unchecked_bundle(hanging_model(tmp_path / "hang.onnx"), tmp_path / "hang", 2)
     t0 = time.monotonic()
     report = validate_isolated(bundle, [frame_image(9)], ValidationPolicy(timeout_s=4.0))
     assert not report.ok and "hung" in report.reason
