@@ -107,12 +107,14 @@ class Plan:
 # the models and bundles
 
 
-def classifier_model(path: Path, w1: npt.NDArray[np.float32], seed: int, strength: float) -> Path:
-    """image [1,3,64,64] -> flatten -> MatMul w1 -> Relu -> MatMul w2 * strength -> softmax [1,4]."""
+def classifier_model(
+    path: Path, w1: npt.NDArray[np.float32], seed: int, strength: float, side: int = SIDE
+) -> Path:
+    """image [1,3,side,side] -> flatten -> MatMul w1 -> Relu -> MatMul w2 * strength -> softmax [1,4]."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w2 = (rng.standard_normal((HIDDEN, CLASSES)) * strength).astype(np.float32)
+    w2 = (rng.standard_normal((w1.shape[1], CLASSES)) * strength).astype(np.float32)
     nodes = [
         helper.make_node("Reshape", ["image", "flat"], ["x"]),
         helper.make_node("MatMul", ["x", "w1"], ["h"]),
@@ -121,14 +123,14 @@ def classifier_model(path: Path, w1: npt.NDArray[np.float32], seed: int, strengt
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
     inits = [
-        numpy_helper.from_array(np.array([1, 3 * SIDE * SIDE], np.int64), "flat"),
+        numpy_helper.from_array(np.array([1, 3 * side * side], np.int64), "flat"),
         numpy_helper.from_array(w1, "w1"),
         numpy_helper.from_array(w2, "w2"),
     ]
     graph = helper.make_graph(
         nodes,
         "hot_swap_classifier",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side, side])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, CLASSES])],
         initializer=inits,
     )

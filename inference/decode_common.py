@@ -51,6 +51,25 @@ def fmt_shapes(outputs: Sequence[TensorInfo]) -> str:
     )
 
 
+def one_output(
+    decoder: str, outputs: Sequence[TensorInfo], rank: int, want: str, fix: str
+) -> tuple[int | None, ...]:
+    """The shape of a decoder's single output, of ``rank`` dims or one more with a batch of 1
+    (or dynamic) in front; ``BundleError`` naming ``want`` (e.g. "(1, C) or (C,)") and ``fix``."""
+    if len(outputs) != 1:
+        raise BundleError(
+            f"decoder '{decoder}' needs exactly one output of shape {want}; the model has "
+            f"{len(outputs)}: {fmt_shapes(outputs)}. Use decoder 'raw' or another decoder"
+        )
+    shape = outputs[0].shape
+    if not (len(shape) == rank or (len(shape) == rank + 1 and shape[0] in (1, None))):
+        raise BundleError(
+            f"decoder '{decoder}' needs an output of shape {want}; output {fmt_shapes(outputs)} does not "
+            f"fit. {fix}"
+        )
+    return shape
+
+
 class ParamReader:
     def __init__(self, decoder: str, params: Mapping[str, Any] | None) -> None:
         if params is not None and not isinstance(params, Mapping):

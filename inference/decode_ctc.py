@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.decode_common import ParamReader, fmt_shapes
+from inference.decode_common import ParamReader, one_output
 from inference.errors import BundleError
 from inference.geometry import Transform
 from inference.result import Result, TextLine
@@ -87,17 +87,8 @@ class CtcTextDecoder:
         )
 
     def check(self, outputs: list[TensorInfo]) -> None:
-        if len(outputs) != 1:
-            raise BundleError(
-                f"decoder 'ctc_text' needs exactly one output (1, T, C) or (T, C); the model has "
-                f"{len(outputs)}: {fmt_shapes(outputs)}. Use decoder 'raw' or another decoder"
-            )
-        shape = outputs[0].shape
-        if not (len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, None))):
-            raise BundleError(
-                f"decoder 'ctc_text' needs an output of shape (1, T, C) or (T, C); output "
-                f"{fmt_shapes(outputs)} does not fit. Use decoder 'raw' or export with batch size 1"
-            )
+        fix = "Use decoder 'raw' or export with batch size 1"
+        shape = one_output(self.name, outputs, 2, "(1, T, C) or (T, C)", fix)
         c = shape[-1]
         if c is not None and c != self.width:
             raise self._width_error(outputs[0].name, c)

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from inference.decode_common import ParamReader, fmt_shapes, label_for
+from inference.decode_common import ParamReader, label_for, one_output
 from inference.errors import BundleError
 from inference.geometry import Transform
 from inference.result import ClassScore, Result
@@ -61,10 +61,6 @@ class Decoder(Protocol):
 DecoderFactory = Callable[[dict[str, Any], list[str]], Decoder]
 
 
-def _dims(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
 class ClassificationDecoder:
     name = "classification"
 
@@ -76,17 +72,7 @@ class ClassificationDecoder:
         self.labels = list(labels)
 
     def check(self, outputs: list[TensorInfo]) -> None:
-        if len(outputs) != 1:
-            raise BundleError(
-                f"decoder 'classification' needs exactly one output of shape (1, C) or (C,); "
-                f"the model has {len(outputs)}: {fmt_shapes(outputs)}. Use decoder 'raw' or another decoder"
-            )
-        shape = outputs[0].shape
-        if not (len(shape) == 1 or (len(shape) == 2 and shape[0] in (1, None))):
-            raise BundleError(
-                f"decoder 'classification' needs an output of shape (1, C) or (C,); "
-                f"output {outputs[0].name!r} is {_dims(shape)}. Use decoder 'raw' or another decoder"
-            )
+        shape = one_output(self.name, outputs, 1, "(1, C) or (C,)", "Use decoder 'raw' or another decoder")
         c = shape[-1]
         if c is not None and self.labels and len(self.labels) != c:
             raise BundleError(

@@ -28,35 +28,12 @@ SIDE = 16
 
 
 def _weights_model(path: Path) -> Path:
-    """image [1,3,16,16] -> flatten -> MatMul 768x32 -> Relu -> MatMul 32x4 -> softmax [1,4]."""
-    from onnx import TensorProto, helper, numpy_helper
+    """image [1,3,16,16] -> flatten -> MatMul 768x32 -> Relu -> MatMul 32x4 -> softmax [1,4]
+    (the hot-swap benchmark's classifier, small)."""
+    from benchmarks.hot_swap import classifier_model
 
-    rng = np.random.default_rng(5)
-    w1 = (rng.standard_normal((3 * SIDE * SIDE, 32)) / SIDE).astype(np.float32)
-    w2 = (rng.standard_normal((32, 4)) * 3).astype(np.float32)
-    nodes = [
-        helper.make_node("Reshape", ["image", "flat"], ["x"]),
-        helper.make_node("MatMul", ["x", "w1"], ["h"]),
-        helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node("MatMul", ["r", "w2"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([1, 3 * SIDE * SIDE], np.int64), "flat"),
-        numpy_helper.from_array(w1, "w1"),
-        numpy_helper.from_array(w2, "w2"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "ort_format_test",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
+    w1 = (np.random.default_rng(5).standard_normal((3 * SIDE * SIDE, 32)) / SIDE).astype(np.float32)
+    return classifier_model(path, w1, seed=6, strength=3.0, side=SIDE)
 
 
 def _images(n: int) -> list[npt.NDArray[np.uint8]]:
